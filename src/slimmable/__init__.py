@@ -1,0 +1,49 @@
+"""slimmable: networks trained once that run at many widths.
+
+Slimmable networks (switchable BN), universally slimmable networks (any width, sandwich rule,
+in-place distillation, post-training BN calibration) and AutoSlim channel search, for PyTorch.
+"""
+
+from .calibrate import calibrate, calibrated_widths
+from .layers import (
+    SlimmableConv2d,
+    SlimmableLinear,
+    SwitchableBatchNorm2d,
+    USBatchNorm2d,
+    USConv2d,
+    USLinear,
+    make_divisible,
+)
+from .models import create_model, list_models, register_model
+from .width import (
+    get_width,
+    set_uncalibrated,
+    set_width,
+    width_bounds,
+    width_choices,
+    width_knobs,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SlimmableConv2d",
+    "SlimmableLinear",
+    "SwitchableBatchNorm2d",
+    "USBatchNorm2d",
+    "USConv2d",
+    "USLinear",
+    "__version__",
+    "calibrate",
+    "calibrated_widths",
+    "create_model",
+    "get_width",
+    "list_models",
+    "make_divisible",
+    "register_model",
+    "set_uncalibrated",
+    "set_width",
+    "width_bounds",
+    "width_choices",
+    "width_knobs",
+]

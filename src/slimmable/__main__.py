@@ -1,0 +1,5 @@
+import sys
+
+from slimmable.cli import main
+
+sys.exit(main())

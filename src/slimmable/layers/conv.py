@@ -1,0 +1,123 @@
+"""Convolutions that run on the first channels of a shared weight."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import WidthMixin, make_policy
+from .slicing import SliceCache
+
+
+class _WidthConv2d(WidthMixin, nn.Conv2d):
+    """``nn.Conv2d`` at full width; at a smaller width, its first input and output channels.
+
+    - input channels come from the input tensor (``fixed_in`` asserts they are all there, as for
+      image channels);
+    - output channels follow ``width`` (``fixed_out`` keeps them all, e.g. for logits);
+    - ``depthwise``: groups = active channels, output channels follow the input;
+    - other grouped convolutions keep their ``groups``; active channels must divide by it.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        *,
+        widths: Sequence[float] | None = None,
+        width_range: Sequence[float] | None = None,
+        depthwise: bool = False,
+        fixed_in: bool = False,
+        fixed_out: bool = False,
+        divisor: int = 8,
+        ratio: int = 1,
+        out_channels_list: Sequence[int] | None = None,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+    ) -> None:
+        if depthwise:
+            if out_channels % in_channels:
+                raise ValueError("a depthwise conv needs out_channels a multiple of in_channels")
+            groups = in_channels
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device,
+            dtype,
+        )
+        self.depthwise = depthwise
+        self.fixed_in = fixed_in
+        self._init_width(
+            make_policy(widths, width_range),
+            out_channels,
+            divisor=divisor,
+            ratio=ratio,
+            fixed_out=fixed_out,
+            out_channels_list=out_channels_list,
+        )
+        self._weight_cache = SliceCache()
+
+    def active_shape(self, in_channels: int) -> tuple[int, int, int]:
+        """``(out_channels, in_channels_per_group, groups)`` that run for this many inputs."""
+        if in_channels > self.in_channels or (self.fixed_in and in_channels != self.in_channels):
+            need = "exactly" if self.fixed_in else "at most"
+            raise ValueError(
+                f"{type(self).__name__} expects {need} {self.in_channels} input channels, "
+                f"got {in_channels}; the previous layer's width does not match this one"
+            )
+        if self.depthwise:
+            return in_channels * (self.out_channels // self.in_channels), 1, in_channels
+        out = self.channels_at(self.width)
+        if in_channels % self.groups or out % self.groups:
+            raise ValueError(
+                f"grouped conv (groups={self.groups}) got {in_channels} inputs and {out} outputs; "
+                "both must divide by groups (use divisor= a multiple of groups)"
+            )
+        return out, in_channels // self.groups, self.groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, in_per_group, groups = self.active_shape(x.shape[1])
+        weight = self._weight_cache.get(self.weight, (out, in_per_group))
+        bias = None if self.bias is None else self.bias[:out]
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, groups)
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.depthwise:
+            s += ", depthwise=True"
+        if self.fixed_in:
+            s += ", fixed_in=True"
+        return f"{s}, {self._width_repr()}"
+
+
+class SlimmableConv2d(_WidthConv2d):
+    """Conv2d of a slimmable network (S-Net): runs at each width of a fixed list."""
+
+    def __init__(self, *args, widths: Sequence[float] = (0.25, 0.5, 0.75, 1.0), **kwargs) -> None:
+        super().__init__(*args, widths=widths, **kwargs)
+
+
+class USConv2d(_WidthConv2d):
+    """Conv2d of a universally slimmable network (US-Net): runs at any width in a range."""
+
+    def __init__(self, *args, width_range: Sequence[float] = (0.25, 1.0), **kwargs) -> None:
+        super().__init__(*args, width_range=width_range, **kwargs)

@@ -1,0 +1,83 @@
+"""Linear layers that run on the first features of a shared weight."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import WidthMixin, make_policy
+from .slicing import SliceCache
+
+
+class _WidthLinear(WidthMixin, nn.Linear):
+    """``nn.Linear`` at full width; at a smaller width, its first input and output features.
+
+    Input features come from the input tensor; the output follows ``width`` unless
+    ``fixed_out`` (the classifier's logits never slim, so it defaults to ``True``).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        widths: Sequence[float] | None = None,
+        width_range: Sequence[float] | None = None,
+        fixed_in: bool = False,
+        fixed_out: bool = True,
+        divisor: int = 8,
+        ratio: int = 1,
+        out_channels_list: Sequence[int] | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self.fixed_in = fixed_in
+        self._init_width(
+            make_policy(widths, width_range),
+            out_features,
+            divisor=divisor,
+            ratio=ratio,
+            fixed_out=fixed_out,
+            out_channels_list=out_channels_list,
+        )
+        self._weight_cache = SliceCache()
+
+    def active_shape(self, in_features: int) -> tuple[int, int]:
+        """``(out_features, in_features)`` that run for this many inputs."""
+        if in_features > self.in_features or (self.fixed_in and in_features != self.in_features):
+            need = "exactly" if self.fixed_in else "at most"
+            raise ValueError(
+                f"{type(self).__name__} expects {need} {self.in_features} input features, "
+                f"got {in_features}; the previous layer's width does not match this one"
+            )
+        return self.channels_at(self.width), in_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, inp = self.active_shape(x.shape[-1])
+        weight = self._weight_cache.get(self.weight, (out, inp))
+        bias = None if self.bias is None else self.bias[:out]
+        return F.linear(x, weight, bias)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.fixed_in:
+            s += ", fixed_in=True"
+        return f"{s}, {self._width_repr()}"
+
+
+class SlimmableLinear(_WidthLinear):
+    """Linear layer of a slimmable network (S-Net): runs at each width of a fixed list."""
+
+    def __init__(self, *args, widths: Sequence[float] = (0.25, 0.5, 0.75, 1.0), **kwargs) -> None:
+        super().__init__(*args, widths=widths, **kwargs)
+
+
+class USLinear(_WidthLinear):
+    """Linear layer of a universally slimmable network: runs at any width in a range."""
+
+    def __init__(self, *args, width_range: Sequence[float] = (0.25, 1.0), **kwargs) -> None:
+        super().__init__(*args, width_range=width_range, **kwargs)

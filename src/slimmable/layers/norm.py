@@ -1,0 +1,229 @@
+"""Batch normalization for networks that run at many widths.
+
+- :class:`SwitchableBatchNorm2d` (S-Nets): one private ``nn.BatchNorm2d`` per width.
+- :class:`USBatchNorm2d` (US-Nets): one shared affine, sliced; training normalizes with batch
+  statistics; after training, :func:`slimmable.calibrate` stores post-statistics per width
+  (cumulative moving average over a few batches) in buffers that travel in ``state_dict()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .channels import scale_channels
+from .width_policy import WidthList
+
+FULL_WIDTH_KEY = 1_000_000
+
+
+def width_key(width: float) -> int:
+    """Integer key of a uniform width in the calibration buffers (micro-width units)."""
+    return round(float(width) * 1_000_000)
+
+
+def describe_key(key: int) -> str:
+    """Readable form of a calibration key: the width, or ``nonuniform#<hash>``."""
+    return f"{key / 1_000_000:g}" if key > 0 else f"nonuniform#{-key:x}"
+
+
+class SwitchableBatchNorm2d(nn.Module):
+    """Switchable batch normalization: a private ``nn.BatchNorm2d`` for every width.
+
+    The private BN of a width is chosen by the layer's ``width``; when the input's channel count
+    says otherwise (a nonuniform network) the BN with that many channels is used.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        widths: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
+        *,
+        divisor: int = 8,
+        ratio: int = 1,
+        channels_list: Sequence[int] | None = None,
+        fixed: bool = False,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        self.policy = WidthList(widths)
+        self.width = self.policy.hi
+        self.num_features = num_features
+        if channels_list is None:
+            channels_list = [
+                num_features if fixed else scale_channels(num_features, w, divisor, ratio)
+                for w in self.policy.widths
+            ]
+        if len(channels_list) != len(self.policy.widths):
+            raise ValueError("channels_list must give one channel count per width")
+        self.channels_list = tuple(int(c) for c in channels_list)
+        self.bn = nn.ModuleList(
+            nn.BatchNorm2d(c, eps, momentum, affine, device=device, dtype=dtype)
+            for c in self.channels_list
+        )
+
+    def active_index(self, channels: int) -> int:
+        """Index of the private BN that normalizes ``channels`` channels at this width."""
+        i = self.policy.index(self.width)
+        if self.channels_list[i] == channels:
+            return i
+        if channels in self.channels_list:
+            return self.channels_list.index(channels)
+        raise ValueError(
+            f"SwitchableBatchNorm2d has private BNs for {list(self.channels_list)} channels, "
+            f"got an input of {channels}; build the layer with the widths the network runs at"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn[self.active_index(x.shape[1])](x)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, {self.policy!r}, channels={list(self.channels_list)}"
+
+
+class USBatchNorm2d(nn.BatchNorm2d):
+    """Batch normalization of a universally slimmable network.
+
+    The affine weight and bias are shared and sliced to the active channels. In training mode the
+    layer normalizes with batch statistics (and, like ``nn.BatchNorm2d``, tracks shared running
+    statistics, which fit no width well: the naive baseline uses them). In eval mode it uses the
+    post-statistics calibrated for the current width; a width never calibrated is an error, or
+    falls back to the shared running statistics when ``uncalibrated == "running"``.
+
+    Calibrated statistics live in the buffers ``calib_keys`` (``K``), ``calib_mean`` and
+    ``calib_var`` (``K x num_features``) and ``calib_batches`` (``K``), one row per width key.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        *,
+        uncalibrated: str = "error",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, True, device, dtype)
+        self.uncalibrated = uncalibrated
+        self.stats_key = FULL_WIDTH_KEY
+        self.collecting = False
+        factory = {"device": device, "dtype": dtype}
+        self.register_buffer("calib_keys", torch.zeros(0, dtype=torch.long, device=device))
+        self.register_buffer("calib_mean", torch.zeros(0, num_features, **factory))
+        self.register_buffer("calib_var", torch.ones(0, num_features, **factory))
+        self.register_buffer("calib_batches", torch.zeros(0, dtype=torch.long, device=device))
+
+    @property
+    def uncalibrated(self) -> str:
+        return self._uncalibrated
+
+    @uncalibrated.setter
+    def uncalibrated(self, policy: str) -> None:
+        if policy not in ("error", "running"):
+            raise ValueError(f"uncalibrated must be 'error' or 'running', got {policy!r}")
+        self._uncalibrated = policy
+
+    # ---- calibrated statistics ---------------------------------------------------------------
+    def calibrated_keys(self) -> list[int]:
+        return [int(k) for k in self.calib_keys.tolist()]
+
+    def _slot(self, key: int) -> int | None:
+        hits = (self.calib_keys == key).nonzero()
+        return int(hits[0, 0]) if len(hits) else None
+
+    def _new_slot(self, key: int) -> int:
+        like = self.calib_mean
+        self.calib_keys = torch.cat([self.calib_keys, self.calib_keys.new_tensor([key])])
+        self.calib_mean = torch.cat([like, like.new_zeros(1, self.num_features)])
+        self.calib_var = torch.cat([self.calib_var, like.new_ones(1, self.num_features)])
+        self.calib_batches = torch.cat([self.calib_batches, self.calib_batches.new_zeros(1)])
+        return len(self.calib_keys) - 1
+
+    def reset_calibration(self, key: int | None = None) -> None:
+        """Forget the statistics of one width key (all of them when ``key`` is ``None``)."""
+        keep = (
+            torch.zeros_like(self.calib_keys, dtype=torch.bool)
+            if key is None
+            else self.calib_keys != key
+        )
+        self.calib_keys = self.calib_keys[keep]
+        self.calib_mean = self.calib_mean[keep]
+        self.calib_var = self.calib_var[keep]
+        self.calib_batches = self.calib_batches[keep]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The number of calibrated widths is data, not architecture: take the checkpoint's.
+        for name in ("calib_keys", "calib_mean", "calib_var", "calib_batches"):
+            incoming = state_dict.get(prefix + name)
+            own = getattr(self, name)
+            if incoming is not None and incoming.shape != own.shape:
+                setattr(self, name, own.new_empty(incoming.shape))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ---- forward -----------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        c = x.shape[1]
+        if c > self.num_features:
+            raise ValueError(f"USBatchNorm2d has {self.num_features} channels, got {c}")
+        weight = self.weight[:c] if self.affine else None
+        bias = self.bias[:c] if self.affine else None
+        if self.collecting:  # post-statistics: cumulative moving average over batches
+            slot = self._slot(self.stats_key)
+            if slot is None:
+                slot = self._new_slot(self.stats_key)
+            seen = int(self.calib_batches[slot])
+            self.calib_batches[slot] += 1
+            return F.batch_norm(
+                x,
+                self.calib_mean[slot, :c],
+                self.calib_var[slot, :c],
+                weight,
+                bias,
+                True,
+                1.0 / (seen + 1),
+                self.eps,
+            )
+        if self.training:
+            if self.momentum is None:
+                self.num_batches_tracked += 1
+                momentum = 1.0 / float(self.num_batches_tracked)
+            else:
+                momentum = self.momentum
+                self.num_batches_tracked += 1
+            return F.batch_norm(
+                x,
+                self.running_mean[:c],
+                self.running_var[:c],
+                weight,
+                bias,
+                True,
+                momentum,
+                self.eps,
+            )
+        slot = self._slot(self.stats_key)
+        if slot is not None:
+            mean, var = self.calib_mean[slot, :c], self.calib_var[slot, :c]
+        elif self.uncalibrated == "running":
+            mean, var = self.running_mean[:c], self.running_var[:c]
+        else:
+            done = ", ".join(describe_key(k) for k in self.calibrated_keys()) or "none"
+            raise RuntimeError(
+                f"width {describe_key(self.stats_key)} has no calibrated BN statistics "
+                f"(calibrated: {done}); run slimmable.calibrate(model, batches, widths=[...]) or "
+                "`slimmable calibrate CKPT --widths ...` first"
+            )
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
+
+    def extra_repr(self) -> str:
+        keys = self.calibrated_keys()
+        shown = ", ".join(describe_key(k) for k in keys[:6]) + (", ..." if len(keys) > 6 else "")
+        return f"{super().extra_repr()}, calibrated=[{shown}]"

@@ -1,0 +1,40 @@
+"""Model registry: every network is a factory function registered by name."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: make ``fn`` available to :func:`create_model` under its own name."""
+    if fn.__name__ in _MODELS:
+        raise ValueError(f"model {fn.__name__!r} is registered twice")
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names, sorted, optionally filtered by a glob ``pattern``."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def model_factory(name: str) -> Callable[..., nn.Module]:
+    """The factory registered as ``name``; ``ValueError`` with the closest names otherwise."""
+    try:
+        return _MODELS[name]
+    except KeyError:
+        near = difflib.get_close_matches(name, list(_MODELS), n=3)
+        hint = f"; did you mean {', '.join(near)}?" if near else "; see slimmable.list_models()"
+        raise ValueError(f"unknown model {name!r}{hint}") from None
+
+
+def create_model(name: str, num_classes: int = 1000, **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name`` (``widths=`` for S-Nets, ``width_range=`` for US)."""
+    return model_factory(name)(num_classes=num_classes, **kwargs)

@@ -1,0 +1,60 @@
+"""A small CNN for 8x8 to 32x32 inputs (digits, MNIST) that trains in seconds on a CPU."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from .kit import LayerKit, make_kit
+from .registry import register_model
+
+# (out_channels, stride) of each 3x3 conv-BN-ReLU; a global pool and a linear follow.
+SMALL_CNN_SETTING = [(32, 1), (64, 2), (128, 2)]
+
+
+class SmallCNN(nn.Module):
+    def __init__(
+        self,
+        kit: LayerKit,
+        num_classes: int = 10,
+        in_chans: int = 1,
+        setting: Sequence[tuple[int, int]] = SMALL_CNN_SETTING,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_chans
+        for i, (out, stride) in enumerate(setting):
+            layers += [
+                kit.conv(channels, out, 3, stride, fixed_in=(i == 0)),
+                kit.bn(out),
+                nn.ReLU(inplace=True),
+            ]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = kit.linear(channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+@register_model
+def s_small_cnn(
+    num_classes: int = 10,
+    in_chans: int = 1,
+    widths: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
+    norm: str = "switchable",
+) -> SmallCNN:
+    """Slimmable three-layer CNN for digits-sized images (S-Net, switchable BN)."""
+    return SmallCNN(make_kit(widths=widths, norm=norm), num_classes, in_chans)
+
+
+@register_model
+def us_small_cnn(
+    num_classes: int = 10,
+    in_chans: int = 1,
+    width_range: Sequence[float] = (0.25, 1.0),
+) -> SmallCNN:
+    """Universally slimmable three-layer CNN for digits-sized images."""
+    return SmallCNN(make_kit(width_range=width_range), num_classes, in_chans)
