@@ -15,6 +15,8 @@ from .layers import (
     make_divisible,
 )
 from .models import create_model, list_models, register_model
+from .models.official import load_official
+from .profile import profile
 from .width import (
     get_width,
     set_uncalibrated,
@@ -39,7 +41,9 @@ __all__ = [
     "create_model",
     "get_width",
     "list_models",
+    "load_official",
     "make_divisible",
+    "profile",
     "register_model",
     "set_uncalibrated",
     "set_width",
