@@ -196,6 +196,11 @@ def test_models_without_a_release(name):
         load_official(fresh(name), official("s_resnet50"))
 
 
+def test_widths_are_for_us_checkpoints():
+    with pytest.raises(ValueError, match="leave widths out"):
+        load_official(fresh(), official("s_mobilenet_v1"), widths=[0.25, 0.5, 0.75, 1.0])
+
+
 def test_models_without_a_mapping():
     with pytest.raises(ValueError, match="no mapping for the authors' checkpoints"):
         load_official(fresh("s_small_cnn"), {})

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from official_data import NUM_CLASSES, load_fixture, synthetic_state_dict
 
 import slimmable
 from slimmable import create_model, get_width, set_width
@@ -224,6 +225,17 @@ def test_cli_checkpoint(capsys, tmp_path):
     data = json.loads(out)
     assert code == 0 and data["model"] == "us_small_cnn" and data["image_size"] == 8
     assert data["widths"][1]["params"] == data["total_params"]
+
+
+def test_cli_official(capsys, tmp_path):
+    path = tmp_path / "s_mobilenet_v2_0.35_0.5_0.75_1.0.pt"
+    theirs = synthetic_state_dict(load_fixture("s_mobilenet_v2")["keys"])
+    torch.save({"model": {f"module.{k}": v for k, v in theirs.items()}}, path)
+    argv = ["s_mobilenet_v2", "--official", str(path), "--json"]
+    code, out, _ = run_cli(capsys, *argv, "--num-classes", str(NUM_CLASSES))
+    assert code == 0 and json.loads(out)["widths"][0]["width"] == 1.0
+    code, _, err = run_cli(capsys, *argv)  # 1000 classes: the checkpoint has 10
+    assert code == 2 and "mis-shaped classifier.0.weight" in err
 
 
 @pytest.mark.parametrize(

@@ -61,7 +61,10 @@ def _load_file(path: Path) -> object:
         return torch.load(data, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a damaged or foreign file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"cannot read {path} as a PyTorch state dict ({first})") from None
+        raise ValueError(
+            f"cannot read {path} as a PyTorch state dict ({first}); if it holds more than "
+            "weights (an optimizer, meters), save its 'model' entry alone and load that"
+        ) from None
 
 
 def _listing(keys: Sequence[str]) -> str:
@@ -187,6 +190,11 @@ def convert_state_dict(
     if us_names:
         widths = _us_widths(taker, rename(us_names[0]) + ".", us_widths, us_cfg_widths)
         channels = us_bn_channels(model, widths)
+    elif us_widths is not None:
+        raise ValueError(
+            f"widths= names the calibrated widths of a US-Net checkpoint; {model_name} keeps "
+            "a BN per width of its own list, so leave widths out"
+        )
     done: set[str] = set()
     for key in ours:
         module_name, _, leaf = key.rpartition(".")
