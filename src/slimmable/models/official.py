@@ -241,10 +241,10 @@ def _us_bn(
     for leaf in ("weight", "bias"):
         t = taker.take(f"{prefix}.{leaf}", (c,))
         if t is not None:
-            out[f"{name}.{leaf}"] = t.detach().clone().float()
+            out[f"{name}.{leaf}"] = t.detach().clone().to(bn.weight.dtype)
     k = len(widths)
-    mean = torch.zeros(k, c)
-    var = torch.ones(k, c)
+    mean = torch.zeros(k, c, dtype=bn.running_mean.dtype)
+    var = torch.ones(k, c, dtype=bn.running_var.dtype)
     batches = torch.zeros(k, dtype=torch.long)
     if taker.has(f"{prefix}.running_mean"):  # a plain BN of theirs: one set of statistics
         stats = [
