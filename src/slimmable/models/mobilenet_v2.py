@@ -59,7 +59,11 @@ class InvertedResidual(nn.Module):
         hidden = inp * t
         layers: list[nn.Module] = []
         if t != 1:
-            layers += [kit.conv(inp, hidden, 1, ratio=t), kit.bn(hidden, ratio=t), nn.ReLU6(True)]
+            layers += [
+                kit.conv(inp, hidden, 1, ratio=t),
+                kit.bn(hidden, ratio=t),
+                nn.ReLU6(inplace=True),
+            ]
         layers += [
             kit.conv(hidden, hidden, 3, stride, depthwise=True, ratio=t),
             kit.bn(hidden, ratio=t),

@@ -116,7 +116,7 @@ class ResNet(nn.Module):
             stem_layers = [
                 kit.conv(in_chans, stem, 3, 1, fixed_in=True),
                 kit.bn(stem),
-                nn.ReLU(True),
+                nn.ReLU(inplace=True),
             ]
         else:
             stem_layers = [
