@@ -14,6 +14,16 @@ from slimmable.checkpoint import save_checkpoint
 from slimmable.cli import main
 from slimmable.profile import profile
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny inputs run fastest on one thread (no OpenMP barriers per op)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # SPEC.md / the papers' tables at 224x224: (widths, MACs per width, parameters of the shared
 # model), as printed. MobileNet v1 0.75x is the authors' code's 325M (the paper prints 317M).
 # Our widths 0.25/0.5/1.0 of S-ShuffleNet are the paper's 0.5x/1x/2x.
