@@ -22,6 +22,7 @@ from slimmable.data import (
     make_loader,
 )
 from slimmable.data.folder import (
+    adjust_brightness,
     adjust_contrast,
     adjust_saturation,
     center_crop_box,
@@ -552,13 +553,16 @@ def test_center_crop_box_geometry():
 
 
 def test_colour_operations():
-    x = torch.from_numpy(photo(16, 12, 0).astype(np.float32))
-    gray = adjust_saturation(x.clone(), 0.0)
-    assert torch.allclose(gray[..., 0], gray[..., 1]) and torch.allclose(gray[..., 1], gray[..., 2])
-    assert torch.allclose(adjust_saturation(x.clone(), 1.0), x)
-    flat = adjust_contrast(x.clone(), 0.0)
-    assert torch.allclose(flat, flat.flatten()[0].expand_as(flat))
-    assert torch.allclose(adjust_contrast(x.clone(), 1.0), x)
+    x = photo(16, 12, 0).astype(np.float32)
+    gray = adjust_saturation(x.copy(), 0.0)
+    assert np.allclose(gray[..., 0], gray[..., 1]) and np.allclose(gray[..., 1], gray[..., 2])
+    assert np.allclose(gray[..., 0], x @ np.array([0.299, 0.587, 0.114]), atol=1e-3)
+    assert np.allclose(adjust_saturation(x.copy(), 1.0), x)
+    flat = adjust_contrast(x.copy(), 0.0)
+    assert np.allclose(flat, flat.flat[0])
+    assert np.allclose(adjust_contrast(x.copy(), 1.0), x)
+    assert np.allclose(adjust_brightness(x.copy(), 0.5), x * 0.5)
+    assert adjust_brightness(x.copy(), 10.0).max() == 255.0
 
 
 def test_lighting_and_jitter_strengths_are_effective(image_tree):

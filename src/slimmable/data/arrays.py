@@ -55,10 +55,10 @@ class ArrayDataset(AugmentedDataset):
             raise ValueError("ArrayDataset needs images (N, C, H, W) and N labels")
         self.images = images
         self.labels = labels.long()
-        std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-        mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self._mul = scale / std_t  # x_norm = x_stored * mul + add
-        self._add = -mean_t / std_t
+        std_a = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
+        mean_a = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
+        self._mul = np.float32(scale) / std_a  # x_norm = x_stored * mul + add
+        self._add = -mean_a / std_a
         self.pad = int(pad)
         self.flip = bool(flip)
         native = tuple(images.shape[-2:])
@@ -69,40 +69,45 @@ class ArrayDataset(AugmentedDataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        x, y = self._fetch(torch.tensor([index]))
+        x, y = self._fetch(np.array([int(index)]))
         return x[0], int(y[0])
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[Tensor, int]]:
-        x, y = self._fetch(torch.as_tensor(indices, dtype=torch.long))
+        x, y = self._fetch(np.asarray(indices, dtype=np.int64))
         return list(zip(x.unbind(0), y.tolist(), strict=True))
 
-    def _fetch(self, index: Tensor) -> tuple[Tensor, Tensor]:
-        raw = self.images[index]
+    def _fetch(self, index: np.ndarray) -> tuple[Tensor, Tensor]:
+        # numpy, not torch: single-threaded small-array work never waits on a busy thread pool
+        raw = self.images.numpy()[index]
         if self.augment and (self.pad > 0 or self.flip):
             raw = self._shift_flip(raw)
-        x = raw.to(torch.float32).mul_(self._mul).add_(self._add)
+        x = raw.astype(np.float32)
+        x *= self._mul
+        x += self._add
+        out = torch.from_numpy(x)
         if self._resize:
             size = (self.image_size, self.image_size)
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        return x, self.labels[index]
+            out = F.interpolate(
+                out, size=size, mode="bilinear", align_corners=False, antialias=True
+            )
+        return out, self.labels[torch.from_numpy(index)]
 
-    def _shift_flip(self, raw: Tensor) -> Tensor:
+    def _shift_flip(self, raw: np.ndarray) -> np.ndarray:
         """Random translation by up to ``pad`` pixels (zero fill) and random mirror, per image."""
         n, c, h, w = raw.shape
         p = self.pad
         g = self.generator()
-        draws = torch.randint(0, 2 * p + 1, (n, 2), generator=g)  # crop offsets in padded image
-        dy, dx = draws[:, :1], draws[:, 1:]
-        rows = dy + torch.arange(h)
-        cols = torch.arange(w).expand(n, w)
+        draws = torch.randint(0, 2 * p + 1, (n, 2), generator=g).numpy()  # offsets when padded
+        rows = draws[:, :1] + np.arange(h)
+        cols = np.broadcast_to(np.arange(w), (n, w))
         if self.flip:
-            mirror = torch.randint(0, 2, (n, 1), generator=g).bool()
-            cols = torch.where(mirror, cols.flip(1), cols)
-        cols = dx + cols
-        padded = F.pad(raw, (p, p, p, p)) if p > 0 else raw
-        batch = torch.arange(n).view(n, 1, 1, 1)
-        chan = torch.arange(c).view(1, c, 1, 1)
-        return padded[batch, chan, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+            mirror = torch.randint(0, 2, (n, 1), generator=g).numpy().astype(bool)
+            cols = np.where(mirror, cols[:, ::-1], cols)
+        cols = draws[:, 1:] + cols
+        padded = np.pad(raw, ((0, 0), (0, 0), (p, p), (p, p))) if p > 0 else raw
+        batch = np.arange(n).reshape(n, 1, 1, 1)
+        chan = np.arange(c).reshape(1, c, 1, 1)
+        return padded[batch, chan, rows.reshape(n, 1, h, 1), cols.reshape(n, 1, 1, w)]
 
 
 # ---------------------------------------------------------------------------- statistics

@@ -9,7 +9,7 @@ Decoding is the cost that matters, so each image is decoded once, as small as th
 the crop box is chosen from the file header's size, a JPEG is then decoded at 1/2, 1/4 or 1/8
 scale by libjpeg when the crop is that much larger than the output (``Image.draft``), and the
 box is resampled straight to the output size (one PIL resize, no full-size intermediate). The
-tensor work after that runs on the 224x224 crop in channels-last layout and ends in one fused
+colour work after that runs in numpy on the small crop, channels last, and ends in one fused
 normalise-and-transpose into the contiguous CHW output.
 """
 
@@ -118,32 +118,37 @@ def load_crop(path: str | os.PathLike, box_fn, size: int, draft: bool = True) ->
         raise ValueError(f"cannot decode image {path} ({err}); delete or replace it") from err
 
 
-# ---------------------------------------------------------------------------- tensor augmentations
-# These act on float32 HxWx3 images in 0..255 units (channels last, as decoded).
+# ---------------------------------------------------------------------------- colour augmentations
+# These act in place on float32 HxWx3 numpy images in 0..255 units (channels last, as decoded).
+# numpy, not torch: these small single-image operations then never wait on a busy thread pool.
+
+_GRAY = np.asarray(GRAY_WEIGHTS, dtype=np.float32)
 
 
-def _gray(x: Tensor) -> Tensor:
-    return x @ torch.tensor(GRAY_WEIGHTS, dtype=x.dtype)
+def adjust_brightness(x: np.ndarray, factor: float) -> np.ndarray:
+    """Scale intensities by ``factor``, clipped to 0..255."""
+    x *= np.float32(factor)
+    return np.clip(x, 0.0, 255.0, out=x)
 
 
-def adjust_brightness(x: Tensor, factor: float) -> Tensor:
-    """Scale intensities by ``factor`` (in place), clipped to 0..255."""
-    return x.mul_(factor).clamp_(0.0, 255.0)
+def adjust_contrast(x: np.ndarray, factor: float) -> np.ndarray:
+    """Blend with the mean grey level: 0 gives flat grey, 1 the image."""
+    mean = float((x @ _GRAY).mean())
+    x *= np.float32(factor)
+    x += np.float32((1.0 - factor) * mean)
+    return np.clip(x, 0.0, 255.0, out=x)
 
 
-def adjust_contrast(x: Tensor, factor: float) -> Tensor:
-    """Blend with the mean grey level (in place): 0 gives flat grey, 1 the image."""
-    mean = float(_gray(x).mean())
-    return x.mul_(factor).add_((1.0 - factor) * mean).clamp_(0.0, 255.0)
+def adjust_saturation(x: np.ndarray, factor: float) -> np.ndarray:
+    """Blend with each pixel's grey level: 0 gives greyscale, 1 the image."""
+    gray = (x @ _GRAY)[..., None]
+    gray *= np.float32(1.0 - factor)
+    x *= np.float32(factor)
+    x += gray
+    return np.clip(x, 0.0, 255.0, out=x)
 
 
-def adjust_saturation(x: Tensor, factor: float) -> Tensor:
-    """Blend with the pixel's grey level (in place): 0 gives greyscale, 1 the image."""
-    gray = _gray(x).unsqueeze(-1).mul_(1.0 - factor)
-    return x.mul_(factor).add_(gray).clamp_(0.0, 255.0)
-
-
-def color_jitter(x: Tensor, strength: float, generator: torch.Generator) -> Tensor:
+def color_jitter(x: np.ndarray, strength: float, generator: torch.Generator) -> np.ndarray:
     """Brightness, contrast and saturation factors ~ U[1-s, 1+s], applied in random order."""
     u = torch.rand(3, generator=generator)
     factors = (1.0 + strength * (2.0 * u - 1.0)).clamp_(min=0.0).tolist()
@@ -153,11 +158,10 @@ def color_jitter(x: Tensor, strength: float, generator: torch.Generator) -> Tens
     return x
 
 
-def lighting_shift(std: float, generator: torch.Generator) -> Tensor:
+def lighting_shift(std: float, generator: torch.Generator) -> np.ndarray:
     """AlexNet PCA lighting: RGB offset ``eigvec @ (alpha * eigval)``, alpha ~ N(0, std)."""
-    alpha = torch.randn(3, generator=generator) * std
-    eigvec = torch.tensor(IMAGENET_EIGVEC)
-    return eigvec @ (alpha * torch.tensor(IMAGENET_EIGVAL))
+    alpha = (torch.randn(3, generator=generator) * std).numpy()
+    return np.asarray(IMAGENET_EIGVEC) @ (alpha * np.asarray(IMAGENET_EIGVAL))
 
 
 # ---------------------------------------------------------------------------- data set
@@ -200,8 +204,8 @@ class ImageFolderDataset(AugmentedDataset):
         self.crop_pct = float(crop_pct)
         self.draft = bool(draft)
         # normalise: x_norm = x_255 * mul + add, per channel
-        self._mul = 1.0 / (255.0 * torch.tensor(IMAGENET_STD)).view(3, 1, 1)
-        self._add = -(torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)).view(3, 1, 1)
+        self._mul = (1.0 / (255.0 * np.asarray(IMAGENET_STD))).astype(np.float32)
+        self._add = (-np.asarray(IMAGENET_MEAN) / np.asarray(IMAGENET_STD)).astype(np.float32)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -231,15 +235,19 @@ class ImageFolderDataset(AugmentedDataset):
         return self._to_tensor(img, g), int(self.labels[index])
 
     def _to_tensor(self, img: Image.Image, g: torch.Generator | None) -> Tensor:
-        x = torch.from_numpy(np.asarray(img, dtype=np.float32))  # HxWx3, 0..255, one copy
+        x = np.asarray(img, dtype=np.float32)  # HxWx3, 0..255: the one copy out of PIL
         add = self._add
         if g is not None:
             if self.jitter > 0:
                 x = color_jitter(x, self.jitter, g)
             if self.lighting > 0:
-                add = add + (lighting_shift(self.lighting, g) * 255.0).view(3, 1, 1) * self._mul
-        out = torch.empty(3, *x.shape[:2])
-        return torch.addcmul(add, x.permute(2, 0, 1), self._mul, out=out)
+                add = add + (lighting_shift(self.lighting, g) * 255.0 * self._mul).astype(
+                    np.float32
+                )
+        out = np.empty((3, *x.shape[:2]), dtype=np.float32)  # normalise into contiguous CHW
+        np.multiply(x.transpose(2, 0, 1), self._mul[:, None, None], out=out)
+        out += add[:, None, None]
+        return torch.from_numpy(out)
 
 
 # ---------------------------------------------------------------------------- scanning
