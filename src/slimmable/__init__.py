@@ -5,6 +5,7 @@ in-place distillation, post-training BN calibration) and AutoSlim channel search
 """
 
 from .calibrate import calibrate, calibrated_widths
+from .evaluate import evaluate
 from .layers import (
     SlimmableConv2d,
     SlimmableLinear,
@@ -15,6 +16,7 @@ from .layers import (
     make_divisible,
 )
 from .models import create_model, list_models, register_model
+from .train import train
 from .width import (
     get_width,
     set_uncalibrated,
@@ -37,12 +39,14 @@ __all__ = [
     "calibrate",
     "calibrated_widths",
     "create_model",
+    "evaluate",
     "get_width",
     "list_models",
     "make_divisible",
     "register_model",
     "set_uncalibrated",
     "set_width",
+    "train",
     "width_bounds",
     "width_choices",
     "width_knobs",

@@ -45,9 +45,13 @@ def s_small_cnn(
     in_chans: int = 1,
     widths: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
     norm: str = "switchable",
+    setting: Sequence[tuple[int, int]] = SMALL_CNN_SETTING,
 ) -> SmallCNN:
-    """Slimmable three-layer CNN for digits-sized images (S-Net, switchable BN)."""
-    return SmallCNN(make_kit(widths=widths, norm=norm), num_classes, in_chans)
+    """Slimmable three-layer CNN for digits-sized images (S-Net, switchable BN).
+
+    ``setting`` lists ``(out_channels, stride)`` per conv layer, for deeper or wider variants.
+    """
+    return SmallCNN(make_kit(widths=widths, norm=norm), num_classes, in_chans, setting)
 
 
 @register_model
@@ -55,6 +59,7 @@ def us_small_cnn(
     num_classes: int = 10,
     in_chans: int = 1,
     width_range: Sequence[float] = (0.25, 1.0),
+    setting: Sequence[tuple[int, int]] = SMALL_CNN_SETTING,
 ) -> SmallCNN:
-    """Universally slimmable three-layer CNN for digits-sized images."""
-    return SmallCNN(make_kit(width_range=width_range), num_classes, in_chans)
+    """Universally slimmable three-layer CNN for digits-sized images (``setting`` as above)."""
+    return SmallCNN(make_kit(width_range=width_range), num_classes, in_chans, setting)
