@@ -5,6 +5,7 @@ in-place distillation, post-training BN calibration) and AutoSlim channel search
 """
 
 from .calibrate import calibrate, calibrated_widths
+from .evaluate import evaluate
 from .layers import (
     SlimmableConv2d,
     SlimmableLinear,
@@ -17,6 +18,7 @@ from .layers import (
 from .models import create_model, list_models, register_model
 from .models.official import load_official
 from .profile import profile
+from .train import train
 from .width import (
     get_width,
     set_uncalibrated,
@@ -39,6 +41,7 @@ __all__ = [
     "calibrate",
     "calibrated_widths",
     "create_model",
+    "evaluate",
     "get_width",
     "list_models",
     "load_official",
@@ -47,6 +50,7 @@ __all__ = [
     "register_model",
     "set_uncalibrated",
     "set_width",
+    "train",
     "width_bounds",
     "width_choices",
     "width_knobs",
