@@ -33,7 +33,7 @@ from ..models import create_model, list_models, model_factory
 from ..width import network_key, set_width, width_choices
 from . import distributed as ddp
 from .config import Config, config_from_dict, save_config
-from .loader import World, augment_seed, eval_loader, steps_per_epoch, train_loader
+from .loader import World, eval_loader, steps_per_epoch, train_loader
 from .losses import cross_entropy, soft_cross_entropy
 from .optim import build_optimizer, build_schedule, set_lr
 from .sampling import WidthSampler
@@ -441,12 +441,6 @@ def _train(
         )  # fmt: skip
         model.train()
         t0, images = time.perf_counter(), 0
-
-        def seed_augmentation(batch: int, epoch: int = epoch) -> None:  # next batch's stream
-            if hasattr(train_set, "seed_augmentation") and batch < n_steps:  # workers=0 only
-                train_set.seed_augmentation(augment_seed(tc.seed, epoch, batch, world.rank))
-
-        seed_augmentation(skip)
         for batch in loader:
             # -- one step: the widths of this step, largest first; gradients accumulate
             x, y = _to(batch, world, tc.channels_last)
@@ -472,7 +466,6 @@ def _train(
             scaler.step(optimizer)  # optimizer.step(), unless fp16 gradients overflowed
             scaler.update()
             step += 1
-            seed_augmentation(step - epoch * n_steps)
 
             # -- log (losses averaged over ranks; all ranks agree whether to stop)
             losses, stop = ddp.reduce_step(

@@ -20,15 +20,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * _EPOCH_STRIDE + epoch) % (2**63)
 
 
-def augment_seed(seed: int, epoch: int, batch: int, rank: int = 0) -> int:
-    """Seed of the main-process augmentation of one batch: a function of where it sits.
-
-    Re-seeding per batch makes augmentation resumable mid-epoch and distinct per rank; the
-    first batch of a run keeps ``seed`` itself.
-    """
-    return (seed + 1_000_003 * epoch + 104_729 * batch + 7_919 * rank) % (2**63)
-
-
 @dataclass
 class World:
     """Where this process sits in a (future) data-parallel job; one process by default."""
