@@ -5,6 +5,8 @@ in-place distillation, post-training BN calibration) and AutoSlim channel search
 """
 
 from .calibrate import calibrate, calibrated_widths
+from .export import extract_subnet
+from .latency import measure_latency
 from .layers import (
     SlimmableConv2d,
     SlimmableLinear,
@@ -15,6 +17,7 @@ from .layers import (
     make_divisible,
 )
 from .models import create_model, list_models, register_model
+from .select import select_width
 from .width import (
     get_width,
     set_uncalibrated,
@@ -37,10 +40,13 @@ __all__ = [
     "calibrate",
     "calibrated_widths",
     "create_model",
+    "extract_subnet",
     "get_width",
     "list_models",
     "make_divisible",
+    "measure_latency",
     "register_model",
+    "select_width",
     "set_uncalibrated",
     "set_width",
     "width_bounds",

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import WidthMixin, make_policy
-from .slicing import SliceCache
+from .slicing import SliceCache, copied_prefix
 
 
 class _WidthLinear(WidthMixin, nn.Linear):
@@ -61,6 +61,18 @@ class _WidthLinear(WidthMixin, nn.Linear):
         weight = self._weight_cache.get(self.weight, (out, inp))
         bias = None if self.bias is None else self.bias[:out]
         return F.linear(x, weight, bias)
+
+    def to_dense(self, in_features: int) -> nn.Linear:
+        """A plain ``nn.Linear`` that computes what this layer computes now, for this many inputs.
+
+        Weights are copied: the dense layer shares no storage with this one.
+        """
+        out, inp = self.active_shape(in_features)
+        dense = nn.Linear(inp, out, self.bias is not None, device="meta")
+        dense.weight = copied_prefix(self.weight, (out, inp))
+        if self.bias is not None:
+            dense.bias = copied_prefix(self.bias, (out,))
+        return dense
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .channels import scale_channels
+from .slicing import copied_prefix
 from .width_policy import WidthList
 
 FULL_WIDTH_KEY = 1_000_000
@@ -83,6 +85,10 @@ class SwitchableBatchNorm2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.bn[self.active_index(x.shape[1])](x)
+
+    def to_dense(self, in_channels: int) -> nn.BatchNorm2d:
+        """A copy of the private ``nn.BatchNorm2d`` that normalizes ``in_channels`` channels now."""
+        return copy.deepcopy(self.bn[self.active_index(in_channels)])
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, {self.policy!r}, channels={list(self.channels_list)}"
@@ -209,19 +215,48 @@ class USBatchNorm2d(nn.BatchNorm2d):
                 momentum,
                 self.eps,
             )
+        mean, var = self.eval_stats(c)
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
+
+    def eval_stats(self, channels: int) -> tuple[Tensor, Tensor]:
+        """``(mean, var)`` that eval mode normalizes ``channels`` channels with at this width.
+
+        The calibrated statistics of the current width key; the shared running statistics when
+        uncalibrated and ``uncalibrated == "running"``; otherwise a ``RuntimeError`` that says
+        how to calibrate.
+        """
         slot = self._slot(self.stats_key)
         if slot is not None:
-            mean, var = self.calib_mean[slot, :c], self.calib_var[slot, :c]
-        elif self.uncalibrated == "running":
-            mean, var = self.running_mean[:c], self.running_var[:c]
-        else:
-            done = ", ".join(describe_key(k) for k in self.calibrated_keys()) or "none"
-            raise RuntimeError(
-                f"width {describe_key(self.stats_key)} has no calibrated BN statistics "
-                f"(calibrated: {done}); run slimmable.calibrate(model, batches, widths=[...]) or "
-                "`slimmable calibrate CKPT --widths ...` first"
-            )
-        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
+            return self.calib_mean[slot, :channels], self.calib_var[slot, :channels]
+        if self.uncalibrated == "running":
+            return self.running_mean[:channels], self.running_var[:channels]
+        done = ", ".join(describe_key(k) for k in self.calibrated_keys()) or "none"
+        raise RuntimeError(
+            f"width {describe_key(self.stats_key)} has no calibrated BN statistics "
+            f"(calibrated: {done}); run slimmable.calibrate(model, batches, widths=[...]) or "
+            "`slimmable calibrate CKPT --widths ...` first"
+        )
+
+    def to_dense(self, in_channels: int) -> nn.BatchNorm2d:
+        """A plain ``nn.BatchNorm2d`` for ``in_channels`` channels that normalizes, in eval
+        mode, exactly as this layer does now: sliced affine, statistics of the current width
+        (see :meth:`eval_stats`; an uncalibrated width raises).
+        """
+        if in_channels > self.num_features:
+            raise ValueError(f"USBatchNorm2d has {self.num_features} channels, got {in_channels}")
+        mean, var = self.eval_stats(in_channels)
+        dense = nn.BatchNorm2d(
+            in_channels, self.eps, self.momentum, self.affine, True, device="meta"
+        )
+        if self.affine:
+            dense.weight = copied_prefix(self.weight, (in_channels,))
+            dense.bias = copied_prefix(self.bias, (in_channels,))
+        dense.running_mean = mean.detach().clone()
+        dense.running_var = var.detach().clone()
+        slot = self._slot(self.stats_key)
+        seen = self.calib_batches[slot] if slot is not None else self.num_batches_tracked
+        dense.num_batches_tracked = seen.detach().clone()
+        return dense
 
     def extra_repr(self) -> str:
         keys = self.calibrated_keys()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 class SliceCache:
@@ -54,3 +54,14 @@ class SliceCache:
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["max_entries"])
+
+
+def copied_prefix(param: Tensor, sizes: tuple[int, ...]) -> nn.Parameter:
+    """A new parameter holding a contiguous copy of ``param[:sizes[0], :sizes[1], ...]``.
+
+    What a dense layer extracted from a slimmable one owns: no storage is shared with ``param``.
+    """
+    data = param.detach()[tuple(slice(0, s) for s in sizes)].clone(
+        memory_format=torch.contiguous_format
+    )
+    return nn.Parameter(data, requires_grad=param.requires_grad)
