@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -91,10 +92,27 @@ class _WidthConv2d(WidthMixin, nn.Conv2d):
             )
         return out, in_channels // self.groups, self.groups
 
-    def forward(self, x: Tensor) -> Tensor:
-        out, in_per_group, groups = self.active_shape(x.shape[1])
-        weight = self._weight_cache.get(self.weight, (out, in_per_group))
+    def active_weights(self, in_channels: int) -> tuple[Tensor, Tensor | None, int]:
+        """``(weight, bias, groups)`` sliced for this many input channels at this width."""
+        out, in_per_group, groups = self.active_shape(in_channels)
         bias = None if self.bias is None else self.bias[:out]
+        return self.weight[:out, :in_per_group], bias, groups
+
+    def _inference_weights(self, in_channels: int) -> tuple[Tensor, Tensor | None, int]:
+        def build() -> tuple[Tensor, Tensor | None, int]:
+            weight, bias, groups = self.active_weights(in_channels)
+            return weight.contiguous(), bias, groups
+
+        # Direct dict reads: nn.Module attribute lookup costs more than a small layer's work.
+        params = self._parameters
+        key = (self.width, in_channels)
+        return self._weight_cache.get(key, (params["weight"], params["bias"]), build)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled():
+            weight, bias, groups = self.active_weights(x.shape[1])
+        else:
+            weight, bias, groups = self._inference_weights(x.shape[1])
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, groups)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -56,10 +57,26 @@ class _WidthLinear(WidthMixin, nn.Linear):
             )
         return self.channels_at(self.width), in_features
 
+    def active_weights(self, in_features: int) -> tuple[Tensor, Tensor | None]:
+        """``(weight, bias)`` sliced for this many input features at this width."""
+        out, inp = self.active_shape(in_features)
+        return self.weight[:out, :inp], None if self.bias is None else self.bias[:out]
+
+    def _inference_weights(self, in_features: int) -> tuple[Tensor, Tensor | None]:
+        def build() -> tuple[Tensor, Tensor | None]:
+            weight, bias = self.active_weights(in_features)
+            return weight.contiguous(), bias
+
+        # Direct dict reads: nn.Module attribute lookup costs more than a small layer's work.
+        params = self._parameters
+        key = (self.width, in_features)
+        return self._weight_cache.get(key, (params["weight"], params["bias"]), build)
+
     def forward(self, x: Tensor) -> Tensor:
-        out, inp = self.active_shape(x.shape[-1])
-        weight = self._weight_cache.get(self.weight, (out, inp))
-        bias = None if self.bias is None else self.bias[:out]
+        if torch.is_grad_enabled():
+            weight, bias = self.active_weights(x.shape[-1])
+        else:
+            weight, bias = self._inference_weights(x.shape[-1])
         return F.linear(x, weight, bias)
 
     def to_dense(self, in_features: int) -> nn.Linear:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .channels import scale_channels
-from .slicing import copied_prefix
+from .slicing import SliceCache, copied_prefix
 from .width_policy import WidthList
 
 FULL_WIDTH_KEY = 1_000_000
@@ -127,6 +127,7 @@ class USBatchNorm2d(nn.BatchNorm2d):
         self.register_buffer("calib_mean", torch.zeros(0, num_features, **factory))
         self.register_buffer("calib_var", torch.ones(0, num_features, **factory))
         self.register_buffer("calib_batches", torch.zeros(0, dtype=torch.long, device=device))
+        self._eval_cache = SliceCache()
 
     @property
     def uncalibrated(self) -> str:
@@ -178,6 +179,8 @@ class USBatchNorm2d(nn.BatchNorm2d):
     # ---- forward -----------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         c = x.shape[1]
+        if not (self.training or self.collecting or torch.is_grad_enabled()):
+            return self._inference_forward(x, c)
         if c > self.num_features:
             raise ValueError(f"USBatchNorm2d has {self.num_features} channels, got {c}")
         weight = self.weight[:c] if self.affine else None
@@ -188,43 +191,43 @@ class USBatchNorm2d(nn.BatchNorm2d):
                 slot = self._new_slot(self.stats_key)
             seen = int(self.calib_batches[slot])
             self.calib_batches[slot] += 1
-            return F.batch_norm(
-                x,
-                self.calib_mean[slot, :c],
-                self.calib_var[slot, :c],
-                weight,
-                bias,
-                True,
-                1.0 / (seen + 1),
-                self.eps,
-            )
+            mean, var = self.calib_mean[slot, :c], self.calib_var[slot, :c]
+            return F.batch_norm(x, mean, var, weight, bias, True, 1.0 / (seen + 1), self.eps)
         if self.training:
-            if self.momentum is None:
-                self.num_batches_tracked += 1
+            self.num_batches_tracked += 1
+            momentum = self.momentum
+            if momentum is None:
                 momentum = 1.0 / float(self.num_batches_tracked)
-            else:
-                momentum = self.momentum
-                self.num_batches_tracked += 1
-            return F.batch_norm(
-                x,
-                self.running_mean[:c],
-                self.running_var[:c],
-                weight,
-                bias,
-                True,
-                momentum,
-                self.eps,
-            )
-        mean, var = self.eval_stats(c)
+            mean, var = self.running_mean[:c], self.running_var[:c]
+            return F.batch_norm(x, mean, var, weight, bias, True, momentum, self.eps)
+        mean, var = self.eval_statistics(c)
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
 
-    def eval_stats(self, channels: int) -> tuple[Tensor, Tensor]:
-        """``(mean, var)`` that eval mode normalizes ``channels`` channels with at this width.
+    def _inference_forward(self, x: Tensor, c: int) -> Tensor:
+        # The slices of this width, memoized while the tensors they come from are unchanged.
+        # (Direct dict reads: nn.Module attribute lookup would cost more than the BN itself.)
+        params, buffers = self._parameters, self._buffers
+        sources = (
+            params["weight"],
+            params["bias"],
+            buffers["calib_mean"],
+            buffers["calib_var"],
+            buffers["running_mean"],
+        )
 
-        The calibrated statistics of the current width key; the shared running statistics when
-        uncalibrated and ``uncalibrated == "running"``; otherwise a ``RuntimeError`` that says
-        how to calibrate.
-        """
+        def build() -> tuple:
+            if c > self.num_features:
+                raise ValueError(f"USBatchNorm2d has {self.num_features} channels, got {c}")
+            weight = self.weight[:c] if self.affine else None
+            bias = self.bias[:c] if self.affine else None
+            return (weight, bias, *self.eval_statistics(c))
+
+        key = (self.stats_key, c, self._uncalibrated)
+        weight, bias, mean, var = self._eval_cache.get(key, sources, build)
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
+
+    def eval_statistics(self, channels: int) -> tuple[Tensor, Tensor]:
+        """``(mean, var)`` used in eval mode at the current width for this many channels."""
         slot = self._slot(self.stats_key)
         if slot is not None:
             return self.calib_mean[slot, :channels], self.calib_var[slot, :channels]
@@ -240,11 +243,11 @@ class USBatchNorm2d(nn.BatchNorm2d):
     def to_dense(self, in_channels: int) -> nn.BatchNorm2d:
         """A plain ``nn.BatchNorm2d`` for ``in_channels`` channels that normalizes, in eval
         mode, exactly as this layer does now: sliced affine, statistics of the current width
-        (see :meth:`eval_stats`; an uncalibrated width raises).
+        (see :meth:`eval_statistics`; an uncalibrated width raises).
         """
         if in_channels > self.num_features:
             raise ValueError(f"USBatchNorm2d has {self.num_features} channels, got {in_channels}")
-        mean, var = self.eval_stats(in_channels)
+        mean, var = self.eval_statistics(in_channels)
         dense = nn.BatchNorm2d(
             in_channels, self.eps, self.momentum, self.affine, True, device="meta"
         )

@@ -1,43 +1,50 @@
-"""Slices of shared weights, with a cache that spares inference the copy.
+"""Inference-time memo of the tensors a layer derives from its shared weights.
 
 A prefix slice along the first dimension of a weight is a free view; a slice along the input
 dimension is not contiguous, and convolution kernels copy it on every call. Under ``no_grad``
-(inference, calibration) we keep the contiguous copy, keyed by its shape and invalidated by the
-parameter's version counter, so that a forward at a width costs what the dense layer costs.
+(inference, calibration) a layer keeps what it derived for a width -- contiguous weight slices,
+the BN statistics of that width -- keyed by the width and the input channels, and valid while
+the source tensors are unchanged (same storage, same version counter: an optimizer step, a
+``load_state_dict`` or ``.to()`` invalidates it). A forward at a width then costs what the dense
+layer costs, and switching back to a width already used is free.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
+T = TypeVar("T")
+
+
+def _stamp(sources: Sequence[Tensor | None]) -> tuple:
+    return tuple(None if t is None else (t._version, t.data_ptr()) for t in sources)
+
 
 class SliceCache:
-    """A small LRU of contiguous prefix slices of one parameter, valid while it is unchanged."""
+    """A small LRU of derived tensors, each valid while its source tensors are unchanged."""
 
     def __init__(self, max_entries: int = 8) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[tuple, tuple[tuple, Tensor]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[tuple, object]] = OrderedDict()
 
-    def get(self, param: Tensor, sizes: tuple[int, ...]) -> Tensor:
-        """``param[:sizes[0], :sizes[1], ...]``, contiguous, cached when grad is off."""
-        index = tuple(slice(0, s) for s in sizes)
-        view = param[index]
-        if view.is_contiguous() or torch.is_grad_enabled():
-            return view
-        stamp = (param._version, param.data_ptr(), param.device, param.dtype)
-        hit = self._entries.get(sizes)
+    def get(self, key: Hashable, sources: Sequence[Tensor | None], build: Callable[[], T]) -> T:
+        """The value cached for ``key`` if ``sources`` are unchanged, else ``build()``."""
+        stamp = _stamp(sources)
+        hit = self._entries.get(key)
         if hit is not None and hit[0] == stamp:
-            self._entries.move_to_end(sizes)
-            return hit[1]
-        copy = view.contiguous()
-        self._entries[sizes] = (stamp, copy)
-        self._entries.move_to_end(sizes)
+            if len(self._entries) > 1:
+                self._entries.move_to_end(key)
+            return hit[1]  # type: ignore[return-value]
+        value = build()
+        self._entries[key] = (stamp, value)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
-        return copy
+        return value
 
     def clear(self) -> None:
         self._entries.clear()
