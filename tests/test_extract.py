@@ -392,3 +392,47 @@ def test_every_registered_model_extracts_exactly(name):
         with torch.no_grad(), slimmable.set_width(model, w):
             ref = model(x)
             assert max_diff(net(x), ref) <= 1e-5
+
+
+# ---- the in-place path that extraction is measured against ------------------------------------
+
+
+def test_switchable_bn_inference_shortcut_is_exactly_the_private_bn():
+    bn = slimmable.SwitchableBatchNorm2d(16, (0.5, 1.0)).eval()
+    with torch.no_grad():
+        for private in bn.bn:
+            private.running_mean.uniform_(-1, 1)
+            private.running_var.uniform_(0.5, 2)
+    bn.width = 0.5
+    x = torch.randn(2, 8, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(bn(x), bn.bn[0](x))
+    seen = []
+    handle = bn.bn[0].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        bn(x)
+    handle.remove()
+    assert seen == [torch.Size([2, 8, 4, 4])]  # hooks on a private BN still run
+    bn.train()
+    before = bn.bn[0].running_mean.clone()
+    bn(x)
+    assert not torch.equal(bn.bn[0].running_mean, before)  # training updates the private BN
+    with pytest.raises(ValueError, match="private BNs"):
+        bn(torch.randn(2, 12, 4, 4))
+
+
+def test_set_width_sees_layers_replaced_after_it_ran():
+    model = build(TinyResNet, "s")
+    slimmable.set_width(model, 0.5)
+    assert model.fc.width == 0.5
+    model.fc = slimmable.SlimmableLinear(32, 10, widths=S_WIDTHS)  # a new layer, width 1.0
+    slimmable.set_width(model, 0.5)
+    assert model.fc.width == 0.5
+    model.layer2.shortcut = nn.Identity()  # a layer removed: no longer set
+    old_layer = model.fc
+    copy_ = copy.deepcopy(model)
+    slimmable.set_width(copy_, 0.35)
+    assert old_layer.width == 0.5 and copy_.fc.width == 0.35  # copies are independent
+    with slimmable.set_width(model, 1.0):
+        assert model.stem[0].width == 1.0
+    assert model.stem[0].width == 0.5 and slimmable.get_width(model) == 0.5

@@ -54,10 +54,8 @@ class _WidthIndex:
     def valid(self) -> bool:
         if self.snapshot is None:
             return False
-        for m, children in self.snapshot:
-            if m._modules != children:  # modules compare by identity
-                return False
-        return True
+        # dict equality compares the child modules by identity
+        return all(m._modules == children for m, children in self.snapshot)
 
     def __deepcopy__(self, memo: dict) -> _WidthIndex:
         return _WidthIndex()
