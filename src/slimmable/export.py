@@ -50,12 +50,13 @@ def input_channels(model: nn.Module) -> int:
 def input_shape(
     model: nn.Module, input_size: int | Sequence[int] | None, batch_size: int = 1
 ) -> tuple[int, ...]:
-    """``(batch, C, H, W)`` from ``input_size``: ``None`` (224), ``S``, ``(H, W)`` or ``(C, H, W)``.
+    """``(batch, C, H, W)`` from ``input_size``: ``S``, ``(H, W)`` or ``(C, H, W)``.
 
-    When not given, channels are read from the model's first convolution.
+    ``None`` takes the model's ``default_cfg["input_size"]`` (the zoo's models carry one), else
+    224x224; channels not given are read from the model's first convolution.
     """
     if input_size is None:
-        input_size = DEFAULT_IMAGE_SIZE
+        input_size = getattr(model, "default_cfg", {}).get("input_size") or DEFAULT_IMAGE_SIZE
     size = (int(input_size),) * 2 if isinstance(input_size, int) else tuple(map(int, input_size))
     if len(size) == 2:
         size = (input_channels(model), *size)
@@ -154,6 +155,20 @@ def _record_input_channels(model: nn.Module, x: Tensor) -> tuple[dict[int, int],
     return seen, out
 
 
+def _copy_sharing_slimmable_tensors(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose slimmable layers share (not copy) their tensors.
+
+    Those layers are replaced by dense copies of their active slices right after, so copying
+    their full weights first would only cost time and memory; everything else is copied.
+    """
+    memo: dict[int, Any] = {}
+    for m in model.modules():
+        if isinstance(m, _SLIMMABLE_LAYER_TYPES):
+            for t in (*m.parameters(), *m.buffers()):
+                memo[id(t)] = t
+    return copy.deepcopy(model, memo)
+
+
 def _replace_modules(root: nn.Module, replacements: Mapping[int, nn.Module]) -> None:
     """Swap every child whose ``id`` is in ``replacements`` (shared children stay shared)."""
     for parent in list(root.modules()):
@@ -188,12 +203,13 @@ def extract_subnet(
     ``fold_bn`` folds each BN into the convolution before it (:func:`fold_bn`).
 
     Input channels are recorded in one forward pass on a random input of ``input_size`` (see
-    :func:`input_shape`; any size the model accepts gives the same channels); the extracted
-    network is then checked against the slimmable model on that input, in float32 to within
-    ``atol`` (times the output's magnitude when it exceeds 1). ``model`` is not changed.
+    :func:`input_shape`: by default the model's own; any size it accepts gives the same
+    channels); the extracted network is then checked against the slimmable model on that input,
+    in float32 to within ``atol`` (times the output's magnitude when it exceeds 1). ``model``
+    is not changed.
     """
     check_calibrated(model, width)
-    net = copy.deepcopy(model).eval()
+    net = _copy_sharing_slimmable_tensors(model).eval()
     set_width(net, width)
     x = example_input(net, input_size)
     channels, reference = _record_input_channels(net, x)

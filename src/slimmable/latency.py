@@ -171,3 +171,25 @@ def format_latency_table(rows: Sequence[Mapping[str, Any]]) -> str:
             f"{r['threads']}"
         )
     return "\n".join(lines)
+
+
+def latency_measure(
+    input_size: int | Sequence[int] | None = None,
+    batch_size: int = 1,
+    warmup: int = 5,
+    repeats: int = 30,
+    threads: int | None = None,
+) -> Callable[[nn.Module, Width], dict[str, float]]:
+    """A ``measure(model, width) -> {"latency_ms": ...}`` for ``slimmable.profile``'s table.
+
+    What ``slimmable profile --latency`` adds: the median forward latency at each profiled width
+    (see :func:`measure_latency` for the arguments). ``input_size=None`` takes the model's own.
+    """
+
+    def measure(model: nn.Module, width: Width) -> dict[str, float]:
+        (row,) = measure_latency(
+            model, input_size, [width], batch_size, warmup, repeats, threads=threads
+        )
+        return {"latency_ms": row["latency_ms"]}
+
+    return measure
