@@ -11,7 +11,7 @@ from test_export import small_checkpoint
 import slimmable
 from slimmable.checkpoint import load_checkpoint, save_checkpoint
 from slimmable.cli import main
-from slimmable.latency import interleaved_timings
+from slimmable.latency import interleaved_timings, latency_measure
 from slimmable.select import eval_rows, parse_count
 
 EVAL = {
@@ -128,6 +128,15 @@ def test_measure_latency_rows_and_restores_state():
     dense = slimmable.extract_subnet(slimmable.create_model("s_small_cnn", in_chans=1), 0.5)
     (row,) = slimmable.measure_latency(dense, (1, 8, 8), warmup=0, repeats=2)
     assert row["width"] is None and row["batch_size"] == 1
+
+
+def test_latency_measure_is_a_profile_column():
+    model = slimmable.create_model("s_small_cnn", in_chans=1).eval()
+    measure = latency_measure((1, 8, 8), batch_size=2, warmup=0, repeats=2, threads=1)
+    with slimmable.set_width(model, 0.5):
+        entry = measure(model, 0.5)
+        assert slimmable.get_width(model) == 0.5
+    assert set(entry) == {"latency_ms"} and entry["latency_ms"] > 0
 
 
 def test_interleaved_timings_rotate_the_order():
