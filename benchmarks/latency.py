@@ -2,9 +2,10 @@
 
 For each model and each of its widths: the slimmable model switched to that width, the dense
 sub-network ``extract_subnet`` returns, and the same with batch norm folded into the convs, run
-on one input in interleaved rounds (each round times every variant once, in rotated order) so
-that the ratios of their medians are fair on a noisy machine. Targets: in-place / extracted
-<= 1.05 at batch 1 and <= 1.02 at batch 16; folded faster than extracted.
+on one input in interleaved rounds (each round times every variant once; the rounds cycle
+through every order). A ratio is the median over rounds of the ratio of the two variants' times
+in that round, so load from other processes cancels out. Targets: in-place / extracted <= 1.05
+at batch 1 and <= 1.02 at batch 16; folded faster than extracted.
 
     PYTHONPATH=src python benchmarks/latency.py \
         [--models s_mobilenet_v1,s_mobilenet_v2] [--batches 1,16] [--size 224] \

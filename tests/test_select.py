@@ -139,12 +139,14 @@ def test_latency_measure_is_a_profile_column():
     assert set(entry) == {"latency_ms"} and entry["latency_ms"] > 0
 
 
-def test_interleaved_timings_rotate_the_order():
+def test_interleaved_timings_go_through_every_order():
     calls: list[str] = []
     fns = {name: (lambda n=name: calls.append(n)) for name in "abc"}
-    times = interleaved_timings(fns, warmup=1, repeats=3)
-    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
-    assert calls == list("abc") + list("abc") + list("bca") + list("cab")
+    times = interleaved_timings(fns, warmup=1, repeats=6)
+    assert {k: len(v) for k, v in times.items()} == {"a": 6, "b": 6, "c": 6}
+    rounds = ["".join(calls[i : i + 3]) for i in range(3, len(calls), 3)]
+    assert calls[:3] == list("abc")  # warm-up
+    assert sorted(rounds) == ["abc", "acb", "bac", "bca", "cab", "cba"]  # every order once
 
 
 # ---- the command line --------------------------------------------------------------------------

@@ -8,6 +8,7 @@ of ``repeats`` timed forwards after ``warmup`` untimed ones, with the number of 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -66,9 +67,11 @@ def interleaved_timings(
 ) -> dict[str, list[float]]:
     """Seconds per call of each function, measured in interleaved rounds.
 
-    Each round calls every function once, in an order rotated from round to round, so slow
-    drifts of a noisy machine (other processes, clock changes) hit all of them alike: the
-    ratios of their medians are then fair comparisons.
+    Each round calls every function once, so slow drifts of a noisy machine (other processes,
+    clock changes) hit all of them alike. Rounds go through every order of the functions in
+    turn, so that each one follows each other one equally often: a call can pay for what the
+    previous one left behind (caches, allocator state), and a fixed rotation would always bill
+    the same function for the same predecessor.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
@@ -79,9 +82,9 @@ def interleaved_timings(
         for n in names:
             fns[n]()
     _sync(device)
+    orders = list(itertools.permutations(names)) if len(names) <= 5 else [tuple(names)]
     for r in range(repeats):
-        k = r % len(names)
-        for n in names[k:] + names[:k]:
+        for n in orders[r % len(orders)]:
             start = time.perf_counter()
             fns[n]()
             _sync(device)
