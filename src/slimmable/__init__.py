@@ -17,6 +17,8 @@ from .layers import (
     make_divisible,
 )
 from .models import create_model, list_models, register_model
+from .models.official import load_official
+from .profile import profile
 from .select import select_width
 from .width import (
     get_width,
@@ -43,8 +45,10 @@ __all__ = [
     "extract_subnet",
     "get_width",
     "list_models",
+    "load_official",
     "make_divisible",
     "measure_latency",
+    "profile",
     "register_model",
     "select_width",
     "set_uncalibrated",

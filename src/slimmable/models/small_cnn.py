@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from .helpers import with_cfg
 from .kit import LayerKit, make_kit
 from .registry import register_model
 
@@ -38,6 +39,10 @@ class SmallCNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
+    def channel_groups(self) -> list[list[str]]:
+        """No residual sums: every conv chooses its width freely."""
+        return []
+
 
 @register_model
 def s_small_cnn(
@@ -47,7 +52,8 @@ def s_small_cnn(
     norm: str = "switchable",
 ) -> SmallCNN:
     """Slimmable three-layer CNN for digits-sized images (S-Net, switchable BN)."""
-    return SmallCNN(make_kit(widths=widths, norm=norm), num_classes, in_chans)
+    model = SmallCNN(make_kit(widths=widths, norm=norm), num_classes, in_chans)
+    return with_cfg(model, input_size=(in_chans, 8, 8))
 
 
 @register_model
@@ -57,4 +63,5 @@ def us_small_cnn(
     width_range: Sequence[float] = (0.25, 1.0),
 ) -> SmallCNN:
     """Universally slimmable three-layer CNN for digits-sized images."""
-    return SmallCNN(make_kit(width_range=width_range), num_classes, in_chans)
+    model = SmallCNN(make_kit(width_range=width_range), num_classes, in_chans)
+    return with_cfg(model, input_size=(in_chans, 8, 8))
