@@ -20,6 +20,16 @@ from slimmable.checkpoint import load_model, save_checkpoint
 from slimmable.cli import main
 from slimmable.export import export_subnet, load_exported
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny inputs run fastest on one thread (no OpenMP barriers per op)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 LOADER = r"""
 import json, sys
 import numpy as np, torch
@@ -51,6 +61,7 @@ def test_exported_files_load_and_run_without_slimmable(tmp_path):
 
     np.save(tmp_path / "x.npy", x.numpy())
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = "1"
     done = subprocess.run(
         [sys.executable, "-c", LOADER, str(tmp_path)],
         env=env,

@@ -14,6 +14,16 @@ from slimmable.cli import main
 from slimmable.latency import interleaved_timings, latency_measure
 from slimmable.select import eval_rows, parse_count
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny inputs run fastest on one thread (no OpenMP barriers per op)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 EVAL = {
     "widths": [
         {"width": 0.25, "top1": 0.531, "top5": 0.77, "macs": 41_000_000},
@@ -111,6 +121,7 @@ def test_eval_rows_accepts_what_eval_writes(tmp_path):
 def test_measure_latency_rows_and_restores_state():
     model = slimmable.create_model("us_small_cnn", num_classes=10, in_chans=1).train()
     slimmable.set_width(model, 0.5)
+    torch.set_num_threads(2)  # the module fixture restores its own setting afterwards
     threads = torch.get_num_threads()
     rows = slimmable.measure_latency(
         model, 8, [0.25, 1.0], batch_size=2, warmup=1, repeats=3, threads=1
@@ -193,3 +204,13 @@ def test_cli_select_by_measured_latency(tmp_path, capsys):
     assert main(["select", str(ckpt), "--max-latency-ms", "1e-9", "--repeats", "2"]) == 2
     err = capsys.readouterr().err
     assert "no width fits max_latency_ms=1e-09: the cheapest, width" in err and " ms" in err
+
+
+def test_cli_profile_latency_column(capsys):
+    argv = ["profile", "us_small_cnn", "--image-size", "8", "--latency", "--repeats", "2"]
+    assert main([*argv, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["widths"]
+    assert [r["width"] for r in rows] == [1.0, 0.75, 0.5, 0.25]
+    assert all(r["latency_ms"] > 0 and r["macs"] > 0 for r in rows)
+    assert main(argv) == 0
+    assert "latency_ms" in capsys.readouterr().out.splitlines()[1]
