@@ -98,8 +98,9 @@ def measure(name: str, size: int, rounds: int) -> dict:
 
 def markdown(rows: list[dict], env: dict, command: str) -> str:
     lines = [
-        f"Measured with `{command}` (torch {env['torch']}, {env['threads']} threads, batch 1, "
-        f"load average at start {env['load_average'][0]:.1f}).",
+        f"Measured with `{command}` (torch {env['torch']}, {env['threads']} intra-op thread(s), "
+        f"batch 1, load average {env['load_average'][0]:.1f} at start and "
+        f"{env['load_average_end'][0]:.1f} at the end).",
         "",
         "| model | set_width µs | with-block µs | 1st / 2nd forward after a switch | "
         "1st / 2nd, first visit of a width |",
