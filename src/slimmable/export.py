@@ -441,7 +441,20 @@ def export_subnet(
         raise ValueError(
             f"{left[0]} is a slimmable layer; export the dense network from extract_subnet"
         )
-    net = net.eval()
+    was_training = net.training
+    try:
+        return _export(net.eval(), path, format, input_size, metadata)
+    finally:
+        net.train(was_training)
+
+
+def _export(
+    net: nn.Module,
+    path: Path,
+    format: str,
+    input_size: int | Sequence[int] | None,
+    metadata: Mapping[str, Any] | None,
+) -> Path:
     x = example_input(net, input_size, batch_size=2)  # batch 2: a size-1 dim would specialise
     meta = json.dumps(dict(metadata or {}), sort_keys=True)
     if format == "pt":
