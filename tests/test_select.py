@@ -214,3 +214,29 @@ def test_cli_profile_latency_column(capsys):
     assert all(r["latency_ms"] > 0 and r["macs"] > 0 for r in rows)
     assert main(argv) == 0
     assert "latency_ms" in capsys.readouterr().out.splitlines()[1]
+
+
+def test_macs_straight_from_the_profiler():
+    model = slimmable.create_model("s_small_cnn", in_chans=1)
+    mapped = {"features.0": 0.25, "*": 0.5}
+    table = slimmable.profile(model, 8, [0.25, 0.5, mapped, 1.0])
+    acc = [{"width": 0.25, "top1": 0.5}, {"width": 0.5, "top1": 0.7}]
+    acc += [{"width": mapped, "top1": 0.69}, {"width": 1.0, "top1": 0.9}]
+    costs = {row.width if row.width is not None else "map": row.macs for row in table.widths}
+    assert costs[0.25] < costs["map"] < costs[0.5] < costs[1.0]
+    pick = slimmable.select_width(acc, max_macs=costs["map"], macs=table)
+    assert pick["width"] == mapped and pick["macs"] == costs["map"]
+    as_json = table.to_dict("s_small_cnn")
+    assert slimmable.select_width(acc, max_macs=costs[0.5], macs=as_json)["width"] == 0.5
+
+
+def test_cli_select_counts_macs_when_the_table_has_none(tmp_path, capsys):
+    path = small_checkpoint(tmp_path)
+    ckpt = load_checkpoint(path)
+    ckpt["eval"] = {"widths": [{k: v for k, v in r.items() if k != "macs"} for r in EVAL["widths"]]}
+    save_checkpoint(path, ckpt)
+    model = slimmable.create_model("s_small_cnn", num_classes=10, in_chans=1)
+    counted = {r.width: r.macs for r in slimmable.profile(model, (1, 8, 8)).widths}
+    assert main(["select", str(path), "--max-macs", str(counted[0.5]), "--json"]) == 0
+    pick = json.loads(capsys.readouterr().out)
+    assert pick["width"] == 0.5 and pick["macs"] == counted[0.5]

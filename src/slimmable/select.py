@@ -101,9 +101,30 @@ def _cost_of(width: Any, table: Sequence[Mapping], key: str, what: str) -> float
 
 
 def describe(width: Any) -> str:
+    """A width for messages: ``0.5``, or ``{features.3: 0.25, *: 0.75}`` (first entries)."""
     if isinstance(width, Mapping):
-        return "{" + ", ".join(f"{k}: {float(v):g}" for k, v in list(width.items())[:4]) + "...}"
+        items = [f"{k}: {float(v):g}" for k, v in width.items()]
+        return "{" + ", ".join(items[:4]) + (", ...}" if len(items) > 4 else "}")
     return f"{float(width):g}"
+
+
+def cost_rows(table: Any) -> list[dict]:
+    """Rows ``{"width", <cost>...}`` from a list of rows or a :func:`slimmable.profile` result.
+
+    A profile's nonuniform row (``"width": None`` beside a ``"width_map"``) gets its map as
+    its width, so it matches the same map in the accuracy table.
+    """
+    if hasattr(table, "widths") and not isinstance(table, Mapping):  # a profile.Profile
+        table = [row.to_dict() for row in table.widths]
+    elif isinstance(table, Mapping) and "widths" in table:  # its JSON form
+        table = table["widths"]
+    rows = []
+    for row in table:
+        row = dict(row)
+        if row.get("width") is None and row.get("width_map") is not None:
+            row["width"] = row["width_map"]
+        rows.append(row)
+    return rows
 
 
 def select_width(
@@ -111,7 +132,7 @@ def select_width(
     *,
     max_macs: str | float | None = None,
     max_latency_ms: float | None = None,
-    macs: Sequence[Mapping] | None = None,
+    macs: Any = None,
     latency: Sequence[Mapping] | None = None,
     metric: str = "top1",
 ) -> dict:
@@ -120,7 +141,8 @@ def select_width(
     - ``accuracy``: the evaluated table (see :func:`eval_rows`), rows with ``width`` and
       ``metric`` (``top1`` by default; higher is better);
     - ``max_macs`` (``150M``, ``1.2G`` or a number): compared with each width's MACs, from
-      ``macs`` rows (``slimmable.profile``) or else from the table's own ``macs`` entries;
+      ``macs`` (rows, or what :func:`slimmable.profile` returns) or else from the table's own
+      ``macs`` entries;
     - ``max_latency_ms``: compared with ``latency_ms`` of ``latency`` rows
       (:func:`slimmable.measure_latency`).
 
@@ -138,14 +160,15 @@ def select_width(
             raise ValueError(
                 "the evaluation table has no MACs; pass macs= rows from slimmable.profile"
             )
-        budgets.append(("macs", "MACs", parse_count(max_macs), macs or rows, "max_macs"))
+        table = rows if macs is None else cost_rows(macs)
+        budgets.append(("macs", "MACs", parse_count(max_macs), table, "max_macs"))
     if max_latency_ms is not None:
         limit = float(max_latency_ms)
         if not math.isfinite(limit) or limit <= 0:
             raise ValueError(f"max_latency_ms must be a positive number, got {max_latency_ms!r}")
         if latency is None:
             raise ValueError("a latency budget needs latency= rows from slimmable.measure_latency")
-        budgets.append(("latency_ms", "ms", limit, latency, "max_latency_ms"))
+        budgets.append(("latency_ms", "ms", limit, cost_rows(latency), "max_latency_ms"))
 
     candidates = []
     for row in rows:

@@ -13,8 +13,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the most accurate width that fits a MACs or latency budget",
         description="Pick the most accurate evaluated width whose cost fits the budget. "
         "Accuracy comes from the checkpoint's evaluation (or --eval / eval.json beside it); "
-        "MACs from that table; latency is measured here, on this machine. CKPT may also be an "
-        "eval.json when only --max-macs is given.",
+        "MACs from that table (or counted from the checkpoint when it has none); latency is "
+        "measured here, on this machine. CKPT may also be an eval.json when only --max-macs is "
+        "given.",
     )
     p.add_argument("checkpoint", help="checkpoint written by `slimmable train`, or an eval.json")
     p.add_argument("--max-macs", metavar="M", help="MACs budget per image: 150M, 1.2G, 3e8")
@@ -57,6 +58,7 @@ def _percent(value: float) -> float:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint, model_from_checkpoint
     from ..latency import format_latency_table, measure_latency
+    from ..profile import profile
     from ..select import describe, eval_rows, format_count, select_width
     from .export import parse_input_size
 
@@ -65,15 +67,22 @@ def run(args: argparse.Namespace) -> int:
     is_table = Path(args.checkpoint).suffix == ".json"
     ckpt = None if is_table else load_checkpoint(args.checkpoint)
     rows = eval_rows(_accuracy_source(args, ckpt))
+    widths = [r["width"] for r in rows]
+    model = None if ckpt is None else model_from_checkpoint(ckpt).eval()
+    input_size = None if ckpt is None else parse_input_size(args.input_size, ckpt)
+    macs = None
+    if args.max_macs is not None and any(r.get("macs") is None for r in rows):
+        if model is None:
+            raise ValueError("the evaluation table has no MACs; give the checkpoint to count them")
+        macs = profile(model, input_size, widths)  # counted on shapes alone
     latency = None
     if args.max_latency_ms is not None:
-        if ckpt is None:
+        if model is None:
             raise ValueError("a latency budget needs the checkpoint, to measure; give CKPT")
-        model = model_from_checkpoint(ckpt).eval()
         latency = measure_latency(
             model,
-            parse_input_size(args.input_size, ckpt),
-            [r["width"] for r in rows],
+            input_size,
+            widths,
             batch_size=args.batch_size,
             repeats=args.repeats,
             threads=args.threads,
@@ -81,7 +90,11 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(format_latency_table(latency))
     choice = select_width(
-        rows, max_macs=args.max_macs, max_latency_ms=args.max_latency_ms, latency=latency
+        rows,
+        max_macs=args.max_macs,
+        max_latency_ms=args.max_latency_ms,
+        macs=macs,
+        latency=latency,
     )
     if args.json:
         print(json.dumps(choice, indent=2))
