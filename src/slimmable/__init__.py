@@ -5,6 +5,7 @@ in-place distillation, post-training BN calibration) and AutoSlim channel search
 """
 
 from .calibrate import calibrate, calibrated_widths
+from .evaluate import evaluate
 from .export import extract_subnet
 from .latency import measure_latency
 from .layers import (
@@ -20,6 +21,7 @@ from .models import create_model, list_models, register_model
 from .models.official import load_official
 from .profile import profile
 from .select import select_width
+from .train import train
 from .width import (
     get_width,
     set_uncalibrated,
@@ -42,6 +44,7 @@ __all__ = [
     "calibrate",
     "calibrated_widths",
     "create_model",
+    "evaluate",
     "extract_subnet",
     "get_width",
     "list_models",
@@ -53,6 +56,7 @@ __all__ = [
     "select_width",
     "set_uncalibrated",
     "set_width",
+    "train",
     "width_bounds",
     "width_choices",
     "width_knobs",

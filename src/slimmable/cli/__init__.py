@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 # Each module defines ``add_parser(subparsers)``, whose parser sets ``func(args) -> int``.
 COMMANDS: list[str] = []
-COMMANDS.append("profile")
+COMMANDS += ["train", "calibrate", "eval", "plot", "profile"]
 COMMANDS += ["export", "select"]
 
 # Errors a user can fix; they print as one line instead of a traceback.
