@@ -6,6 +6,8 @@ in-place distillation, post-training BN calibration) and AutoSlim channel search
 
 from .calibrate import calibrate, calibrated_widths
 from .evaluate import evaluate
+from .export import extract_subnet
+from .latency import measure_latency
 from .layers import (
     SlimmableConv2d,
     SlimmableLinear,
@@ -18,6 +20,7 @@ from .layers import (
 from .models import create_model, list_models, register_model
 from .models.official import load_official
 from .profile import profile
+from .select import select_width
 from .train import train
 from .width import (
     get_width,
@@ -42,12 +45,15 @@ __all__ = [
     "calibrated_widths",
     "create_model",
     "evaluate",
+    "extract_subnet",
     "get_width",
     "list_models",
     "load_official",
     "make_divisible",
+    "measure_latency",
     "profile",
     "register_model",
+    "select_width",
     "set_uncalibrated",
     "set_width",
     "train",

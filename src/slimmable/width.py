@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import json
 import math
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 
@@ -23,18 +24,84 @@ Width = float | Mapping[str, float]
 DEFAULT_KEY = "*"
 
 
+_INDEX_ATTR = "_slimmable_width_index"
+_PLANS_KEPT = 32
+
+
+class _WidthIndex:
+    """Where a model's width state lives, kept on the model itself (no global registry).
+
+    ``set_width`` runs between forwards at deployment, so it must not walk all modules each
+    time. The index remembers the width modules (in ``named_modules`` order) and the resolved
+    assignment of recent uniform widths; it is valid while every module has the very children
+    it saw (checked on each use: a dict comparison per module, far cheaper than a walk that
+    builds names). Copies and pickles of a model start without an index.
+    """
+
+    def __init__(self, model: nn.Module | None = None) -> None:
+        self.snapshot: list[tuple[nn.Module, dict]] | None = None
+        self.modules: list[tuple[str, nn.Module]] = []
+        self.plain: list[dict | None] = []  # per width module: its __dict__ if attrs are plain
+        self.has_policy: list[bool] = []
+        self.plans: OrderedDict[float, tuple[list, list]] = OrderedDict()
+        if model is not None:
+            named = list(model.named_modules())
+            self.snapshot = [(m, dict(m._modules)) for _, m in named]
+            self.modules = [(n, m) for n, m in named if isinstance(m, _WIDTH_TYPES)]
+            self.plain = [_plain_attrs(m) for _, m in self.modules]
+            self.has_policy = [hasattr(m, "policy") for _, m in self.modules]
+
+    def valid(self) -> bool:
+        if self.snapshot is None:
+            return False
+        # dict equality compares the child modules by identity
+        return all(m._modules == children for m, children in self.snapshot)
+
+    def __deepcopy__(self, memo: dict) -> _WidthIndex:
+        return _WidthIndex()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+
+def _plain_attrs(m: nn.Module) -> dict | None:
+    """``m.__dict__`` when ``width`` and ``stats_key`` are plain instance attributes or absent.
+
+    Such attributes can be read and written in the instance dict directly, which is what
+    ``nn.Module.__setattr__`` / ``__getattr__`` end up doing for them, minus their checks.
+    """
+    for name in ("width", "stats_key"):
+        if hasattr(type(m), name):
+            return None
+        if name in m._parameters or name in m._buffers or name in m._modules:
+            return None
+    return m.__dict__
+
+
+_WIDTH_TYPES = (WidthMixin, SwitchableBatchNorm2d, USBatchNorm2d)
+
+
+def _index(model: nn.Module) -> _WidthIndex:
+    index = model.__dict__.get(_INDEX_ATTR)
+    if index is None or not index.valid():
+        index = _WidthIndex(model)
+        model.__dict__[_INDEX_ATTR] = index
+    return index
+
+
 def width_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Every submodule that holds width state: slimmable convs, linears and BNs."""
-    for name, module in model.named_modules():
-        if isinstance(module, WidthMixin | SwitchableBatchNorm2d | USBatchNorm2d):
-            yield name, module
+    yield from _index(model).modules
 
 
 def width_knobs(model: nn.Module) -> dict[str, WidthMixin]:
     """The layers that choose their own output channels: the names a nonuniform map sets."""
     return {
         name: m
-        for name, m in model.named_modules()
+        for name, m in _index(model).modules
         if isinstance(m, WidthMixin) and m.is_width_knob
     }
 
@@ -120,9 +187,15 @@ def _key(model: nn.Module, resolved: Mapping[str, float]) -> int:
 class WidthSetting:
     """Returned by :func:`set_width`; as a context manager it restores the previous widths."""
 
-    def __init__(self, model: nn.Module, previous: dict[str, tuple[float, int | None]]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        previous: dict[str, tuple[float, int | None]],
+        index: _WidthIndex | None = None,
+    ) -> None:
         self._model = model
         self._previous = previous
+        self._index = index
 
     def __enter__(self) -> nn.Module:
         return self._model
@@ -133,13 +206,34 @@ class WidthSetting:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        modules = dict(width_modules(self._model))
+        index = _index(self._model)
+        if index is self._index:  # same modules: restore through the index's fast path
+            entries = zip(index.modules, index.plain, index.has_policy, strict=True)
+            for (name, m), d, has_policy in entries:
+                w, key = self._previous[name]
+                _assign(m, d, w if has_policy else None, key)
+            return
+        modules = dict(index.modules)
         for name, (w, key) in self._previous.items():
             m = modules[name]
             if hasattr(m, "policy"):
                 m.width = w
             if key is not None:
                 m.stats_key = key
+
+
+def _assign(m: nn.Module, d: dict | None, width: float | None, key: int | None) -> None:
+    """Set ``m.width`` (unless ``None``) and ``m.stats_key`` (unless ``None``)."""
+    if d is not None:  # plain attributes: the instance dict, without nn.Module's checks
+        if width is not None:
+            d["width"] = width
+        if key is not None:
+            d["stats_key"] = key
+        return
+    if width is not None:
+        m.width = width
+    if key is not None:
+        m.stats_key = key
 
 
 def set_width(model: nn.Module, width: Width) -> WidthSetting:
@@ -150,18 +244,30 @@ def set_width(model: nn.Module, width: Width) -> WidthSetting:
     raise ``ValueError`` naming what is allowed, before anything changes. Use it plainly, or as
     ``with set_width(model, 0.5): ...`` to restore the previous widths afterwards.
     """
-    resolved = _resolve(model, width)
-    if isinstance(width, Mapping):
-        _check_ties(model, resolved)
-    key = _key(model, resolved)
+    index = _index(model)
+    plan = None if isinstance(width, Mapping) else index.plans.get(float(width))
+    if plan is None:
+        resolved = _resolve(model, width)
+        if isinstance(width, Mapping):
+            _check_ties(model, resolved)
+        key = _key(model, resolved)
+        widths = [resolved.get(name) for name, _ in index.modules]
+        stats_keys = [key if isinstance(m, USBatchNorm2d) else None for _, m in index.modules]
+        plan = (widths, stats_keys)
+        if not isinstance(width, Mapping):
+            index.plans[float(width)] = plan
+            if len(index.plans) > _PLANS_KEPT:
+                index.plans.popitem(last=False)
+    else:
+        index.plans.move_to_end(float(width))
     previous: dict[str, tuple[float, int | None]] = {}
-    for name, m in width_modules(model):
-        previous[name] = (getattr(m, "width", math.nan), getattr(m, "stats_key", None))
-        if name in resolved:
-            m.width = resolved[name]
-        if isinstance(m, USBatchNorm2d):
-            m.stats_key = key
-    return WidthSetting(model, previous)
+    for (name, m), d, w, key in zip(index.modules, index.plain, *plan, strict=True):
+        if d is not None:
+            previous[name] = (d.get("width", math.nan), d.get("stats_key"))
+        else:
+            previous[name] = (getattr(m, "width", math.nan), getattr(m, "stats_key", None))
+        _assign(m, d, w, key)
+    return WidthSetting(model, previous, index)
 
 
 def get_width(model: nn.Module) -> Width:

@@ -43,6 +43,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="first load the authors' released weights (their .pt or .pt.zip) into MODEL",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    latency = parser.add_argument_group("measured latency")
+    latency.add_argument(
+        "--latency",
+        action="store_true",
+        help="also time a forward at each width on this machine (latency_ms: median of repeats)",
+    )
+    latency.add_argument("--batch-size", type=int, default=1, help="batch for --latency (1)")
+    latency.add_argument("--threads", type=int, help="CPU threads for --latency (torch's)")
+    latency.add_argument("--repeats", type=int, default=30, help="timed forwards (30)")
     parser.set_defaults(func=run)
     return parser
 
@@ -53,7 +62,16 @@ def extra_measures(args: argparse.Namespace) -> list[Measure]:
     The hook for measured latency: a ``--latency`` flag (``slimmable.latency``) adds its measure
     here; each measure's entries become columns of the table and keys of each JSON row.
     """
-    return []
+    measures: list[Measure] = []
+    if getattr(args, "latency", False):
+        from ..latency import latency_measure
+
+        measures.append(
+            latency_measure(
+                args.image_size, args.batch_size, repeats=args.repeats, threads=args.threads
+            )
+        )
+    return measures
 
 
 def parse_widths(text: str) -> list[Width]:

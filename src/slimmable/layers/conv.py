@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import WidthMixin, make_policy
-from .slicing import SliceCache
+from .slicing import SliceCache, copied_prefix
 
 
 class _WidthConv2d(WidthMixin, nn.Conv2d):
@@ -117,6 +117,30 @@ class _WidthConv2d(WidthMixin, nn.Conv2d):
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, groups)
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+
+    def to_dense(self, in_channels: int) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` that computes what this layer computes now, for this many inputs.
+
+        Weights are copied (the dense layer shares no storage with this one), so the result
+        stays valid when this layer is trained further or switched to another width.
+        """
+        out, in_per_group, groups = self.active_shape(in_channels)
+        dense = nn.Conv2d(
+            in_channels,
+            out,
+            self.kernel_size,  # type: ignore[arg-type]
+            self.stride,  # type: ignore[arg-type]
+            self.padding,  # type: ignore[arg-type]
+            self.dilation,  # type: ignore[arg-type]
+            groups,
+            self.bias is not None,
+            self.padding_mode,
+            device="meta",
+        )
+        dense.weight = copied_prefix(self.weight, (out, in_per_group))
+        if self.bias is not None:
+            dense.bias = copied_prefix(self.bias, (out,))
+        return dense
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

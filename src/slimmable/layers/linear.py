@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import WidthMixin, make_policy
-from .slicing import SliceCache
+from .slicing import SliceCache, copied_prefix
 
 
 class _WidthLinear(WidthMixin, nn.Linear):
@@ -78,6 +78,18 @@ class _WidthLinear(WidthMixin, nn.Linear):
         else:
             weight, bias = self._inference_weights(x.shape[-1])
         return F.linear(x, weight, bias)
+
+    def to_dense(self, in_features: int) -> nn.Linear:
+        """A plain ``nn.Linear`` that computes what this layer computes now, for this many inputs.
+
+        Weights are copied: the dense layer shares no storage with this one.
+        """
+        out, inp = self.active_shape(in_features)
+        dense = nn.Linear(inp, out, self.bias is not None, device="meta")
+        dense.weight = copied_prefix(self.weight, (out, inp))
+        if self.bias is not None:
+            dense.bias = copied_prefix(self.bias, (out,))
+        return dense
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

@@ -8,14 +8,16 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as torch_module
 
 from .channels import scale_channels
-from .slicing import SliceCache
+from .slicing import SliceCache, copied_prefix
 from .width_policy import WidthList
 
 FULL_WIDTH_KEY = 1_000_000
@@ -29,6 +31,37 @@ def width_key(width: float) -> int:
 def describe_key(key: int) -> str:
     """Readable form of a calibration key: the width, or ``nonuniform#<hash>``."""
     return f"{key / 1_000_000:g}" if key > 0 else f"nonuniform#{-key:x}"
+
+
+# torch's registries of global module hooks (dicts, updated in place); ``None`` if absent.
+_GLOBAL_HOOKS = tuple(
+    getattr(torch_module, name, None)
+    for name in (
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    )
+)
+
+
+def _plain_eval_call(bn: nn.Module, x: Tensor) -> bool:
+    """Whether ``bn(x)`` is exactly ``F.batch_norm`` with its running statistics.
+
+    True for a plain ``nn.BatchNorm2d`` in eval mode with running statistics, a 4-D input and
+    no hooks (its own or global ones; a registry this torch lacks counts as hooked).
+    """
+    a, b, c, d = _GLOBAL_HOOKS
+    return (
+        type(bn) is nn.BatchNorm2d
+        and not bn.training
+        and bn.track_running_stats
+        and bn._buffers.get("running_mean") is not None
+        and x.dim() == 4
+        and not (bn._forward_hooks or bn._forward_pre_hooks)
+        and not (bn._backward_hooks or bn._backward_pre_hooks)
+        and not (a is None or b is None or c is None or d is None or a or b or c or d)
+    )
 
 
 class SwitchableBatchNorm2d(nn.Module):
@@ -69,6 +102,7 @@ class SwitchableBatchNorm2d(nn.Module):
             nn.BatchNorm2d(c, eps, momentum, affine, device=device, dtype=dtype)
             for c in self.channels_list
         )
+        self._active: dict[tuple[float, int], str] = {}  # (width, channels) -> index in bn
 
     def active_index(self, channels: int) -> int:
         """Index of the private BN that normalizes ``channels`` channels at this width."""
@@ -83,7 +117,30 @@ class SwitchableBatchNorm2d(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.bn[self.active_index(x.shape[1])](x)
+        channels = x.shape[1]
+        name = self._active.get((self.width, channels))
+        if name is None:
+            name = str(self.active_index(channels))  # raises for channels it has no BN for
+            self._active[(self.width, channels)] = name
+        bn = self._modules["bn"]._modules[name]  # self.bn[i], without the attribute lookups
+        if self.training or not _plain_eval_call(bn, x):
+            return bn(x)
+        # Exactly what bn(x) computes in eval mode, minus a second module call per layer.
+        params, buffers = bn._parameters, bn._buffers
+        return F.batch_norm(
+            x,
+            buffers["running_mean"],
+            buffers["running_var"],
+            params["weight"],
+            params["bias"],
+            False,
+            0.0,
+            bn.eps,
+        )
+
+    def to_dense(self, in_channels: int) -> nn.BatchNorm2d:
+        """A copy of the private ``nn.BatchNorm2d`` that normalizes ``in_channels`` channels now."""
+        return copy.deepcopy(self.bn[self.active_index(in_channels)])
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, {self.policy!r}, channels={list(self.channels_list)}"
@@ -234,6 +291,27 @@ class USBatchNorm2d(nn.BatchNorm2d):
             f"(calibrated: {done}); run slimmable.calibrate(model, batches, widths=[...]) or "
             "`slimmable calibrate CKPT --widths ...` first"
         )
+
+    def to_dense(self, in_channels: int) -> nn.BatchNorm2d:
+        """A plain ``nn.BatchNorm2d`` for ``in_channels`` channels that normalizes, in eval
+        mode, exactly as this layer does now: sliced affine, statistics of the current width
+        (see :meth:`eval_statistics`; an uncalibrated width raises).
+        """
+        if in_channels > self.num_features:
+            raise ValueError(f"USBatchNorm2d has {self.num_features} channels, got {in_channels}")
+        mean, var = self.eval_statistics(in_channels)
+        dense = nn.BatchNorm2d(
+            in_channels, self.eps, self.momentum, self.affine, True, device="meta"
+        )
+        if self.affine:
+            dense.weight = copied_prefix(self.weight, (in_channels,))
+            dense.bias = copied_prefix(self.bias, (in_channels,))
+        dense.running_mean = mean.detach().clone()
+        dense.running_var = var.detach().clone()
+        slot = self._slot(self.stats_key)
+        seen = self.calib_batches[slot] if slot is not None else self.num_batches_tracked
+        dense.num_batches_tracked = seen.detach().clone()
+        return dense
 
     def extra_repr(self) -> str:
         keys = self.calibrated_keys()

@@ -15,7 +15,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from typing import TypeVar
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 T = TypeVar("T")
 
@@ -60,3 +61,14 @@ class SliceCache:
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["max_entries"])
+
+
+def copied_prefix(param: Tensor, sizes: tuple[int, ...]) -> nn.Parameter:
+    """A new parameter holding a contiguous copy of ``param[:sizes[0], :sizes[1], ...]``.
+
+    What a dense layer extracted from a slimmable one owns: no storage is shared with ``param``.
+    """
+    data = param.detach()[tuple(slice(0, s) for s in sizes)].clone(
+        memory_format=torch.contiguous_format
+    )
+    return nn.Parameter(data, requires_grad=param.requires_grad)

@@ -1,0 +1,108 @@
+"""``slimmable select CKPT --max-macs 150M | --max-latency-ms 12``: the width to deploy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "select",
+        help="the most accurate width that fits a MACs or latency budget",
+        description="Pick the most accurate evaluated width whose cost fits the budget. "
+        "Accuracy comes from the checkpoint's evaluation (or --eval / eval.json beside it); "
+        "MACs from that table (or counted from the checkpoint when it has none); latency is "
+        "measured here, on this machine. CKPT may also be an eval.json when only --max-macs is "
+        "given.",
+    )
+    p.add_argument("checkpoint", help="checkpoint written by `slimmable train`, or an eval.json")
+    p.add_argument("--max-macs", metavar="M", help="MACs budget per image: 150M, 1.2G, 3e8")
+    p.add_argument(
+        "--max-latency-ms", metavar="T", type=float, help="latency budget per batch, measured"
+    )
+    p.add_argument("--eval", metavar="JSON", help="evaluation table (default: the checkpoint's)")
+    p.add_argument(
+        "--input-size", help="C,H,W or S for latency (default: the checkpoint's, else 224)"
+    )
+    p.add_argument("--batch-size", type=int, default=1, help="batch size for latency (1)")
+    p.add_argument("--threads", type=int, help="CPU threads for latency (default: torch's)")
+    p.add_argument("--repeats", type=int, default=30, help="timed forwards per width (30)")
+    p.add_argument("--json", action="store_true", help="print the choice as JSON")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=run)
+
+
+def _accuracy_source(args: argparse.Namespace, ckpt: dict | None) -> object:
+    if args.eval:
+        return args.eval
+    if ckpt is None:
+        return args.checkpoint
+    if ckpt.get("eval"):
+        return ckpt
+    beside = Path(args.checkpoint).parent / "eval.json"
+    if beside.is_file():
+        return beside
+    raise ValueError(
+        f"{args.checkpoint} holds no evaluation and there is no eval.json beside it; run "
+        "`slimmable eval CKPT` first or give --eval FILE"
+    )
+
+
+def _percent(value: float) -> float:
+    """Accuracy in percent, whether the table stores fractions (0.71) or percents (71.0)."""
+    return float(value) * (100.0 if float(value) <= 1.0 else 1.0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_checkpoint, model_from_checkpoint
+    from ..latency import format_latency_table, measure_latency
+    from ..profile import profile
+    from ..select import describe, eval_rows, format_count, select_width
+    from .export import parse_input_size
+
+    if args.max_macs is None and args.max_latency_ms is None:
+        raise ValueError("give a budget: --max-macs 150M and/or --max-latency-ms 12")
+    is_table = Path(args.checkpoint).suffix == ".json"
+    ckpt = None if is_table else load_checkpoint(args.checkpoint)
+    rows = eval_rows(_accuracy_source(args, ckpt))
+    widths = [r["width"] for r in rows]
+    model = None if ckpt is None else model_from_checkpoint(ckpt).eval()
+    input_size = None if ckpt is None else parse_input_size(args.input_size, ckpt)
+    macs = None
+    if args.max_macs is not None and any(r.get("macs") is None for r in rows):
+        if model is None:
+            raise ValueError("the evaluation table has no MACs; give the checkpoint to count them")
+        macs = profile(model, input_size, widths)  # counted on shapes alone
+    latency = None
+    if args.max_latency_ms is not None:
+        if model is None:
+            raise ValueError("a latency budget needs the checkpoint, to measure; give CKPT")
+        latency = measure_latency(
+            model,
+            input_size,
+            widths,
+            batch_size=args.batch_size,
+            repeats=args.repeats,
+            threads=args.threads,
+        )
+        if not args.json:
+            print(format_latency_table(latency))
+    choice = select_width(
+        rows,
+        max_macs=args.max_macs,
+        max_latency_ms=args.max_latency_ms,
+        macs=macs,
+        latency=latency,
+    )
+    if args.json:
+        print(json.dumps(choice, indent=2))
+        return 0
+    parts = [f"width {describe(choice['width'])}", f"top-1 {_percent(choice['top1']):.2f}%"]
+    if choice.get("macs") is not None:
+        parts.append(f"{format_count(float(choice['macs']))} MACs")
+    if choice.get("latency_ms") is not None:
+        parts.append(f"{choice['latency_ms']:.2f} ms (batch {args.batch_size})")
+    print("selected: " + ", ".join(parts))
+    return 0
