@@ -22,8 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from slimmable import autoslim, calibrate, create_model, set_width
+from slimmable import autoslim, calibrate, set_width
+from slimmable.models import make_kit
+from slimmable.models.autoslim import autoslim_small_cnn
+from slimmable.models.small_cnn import SmallCNN
 from slimmable.search import count_macs, format_macs, get_channels
+from slimmable.width import width_knobs
 
 
 def load(name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,9 +62,19 @@ def split(x, y, seed: int, held: float, test: float):
     )
 
 
-def train(model, data, epochs: int, seed: int, sandwich: bool, batch: int = 64, lr: float = 0.2):
+def train(
+    model,
+    data,
+    epochs: int,
+    seed: int,
+    sandwich: bool,
+    nonuniform: bool = False,
+    batch: int = 64,
+    lr: float = 0.2,
+):
     """Plain SGD; with ``sandwich``: largest, smallest and two random widths per batch, the
-    smaller ones distilled from the largest (US-Nets)."""
+    smaller ones distilled from the largest (US-Nets); ``nonuniform``: the random widths are
+    drawn per layer."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     x, y = data
@@ -70,6 +84,7 @@ def train(model, data, epochs: int, seed: int, sandwich: bool, batch: int = 64, 
     lo, hi = (0.0, 1.0)
     if sandwich:
         lo, hi = model.features[0].policy.lo, model.features[0].policy.hi
+    knobs = list(width_knobs(model))
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(x))
@@ -78,6 +93,8 @@ def train(model, data, epochs: int, seed: int, sandwich: bool, batch: int = 64, 
             xb, yb = x[idx], y[idx]
             opt.zero_grad()
             widths = [hi, lo, rng.uniform(lo, hi), rng.uniform(lo, hi)] if sandwich else [None]
+            if sandwich and nonuniform:
+                widths[2:] = [{n: rng.uniform(lo, hi) for n in knobs} for _ in range(2)]
             soft = None
             for w in widths:
                 if w is not None:
@@ -110,7 +127,10 @@ def accuracy(model, width, calib, test) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="digits", choices=("digits", "mnist5k"))
-    p.add_argument("--model", default="us_small_cnn")
+    p.add_argument(
+        "--setting", nargs="+", default=["32,1", "64,2", "128,2"],
+        help="(channels, stride) of each conv of the small CNN",
+    )  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--widths", type=float, nargs="+", default=[0.35, 0.5, 0.75])
@@ -118,12 +138,15 @@ def main() -> None:
     p.add_argument("--held", type=float, default=0.15, help="fraction of images held out")
     p.add_argument("--test", type=float, default=0.2, help="fraction of images for testing")
     p.add_argument("--metric", default="accuracy", choices=("accuracy", "loss"))
+    p.add_argument("--per-mac", action="store_true", help="harm per MAC saved")
+    p.add_argument("--nonuniform", action="store_true", help="train per-layer random widths")
     p.add_argument("--retrain", action="store_true", help="also train both from scratch")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/autoslim_digits.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     x, y = load(args.data)
+    setting = [tuple(int(v) for v in layer.split(",")) for layer in args.setting]
     input_size = tuple(x.shape[1:])
     rows: dict[float, dict] = {w: {"uniform": [], "searched": [], "macs": []} for w in args.widths}
     for w in args.widths:
@@ -132,13 +155,14 @@ def main() -> None:
     search_s = 0.0
     for seed in args.seeds:
         tr, held, te = split(x, y, seed, args.held, args.test)
-        model = create_model(args.model, num_classes=10, in_chans=1, width_range=args.width_range)
-        train(model, tr, args.epochs, seed, sandwich=True)
+        torch.manual_seed(seed)
+        model = SmallCNN(make_kit(width_range=args.width_range), 10, 1, setting)
+        train(model, tr, args.epochs, seed, sandwich=True, nonuniform=args.nonuniform)
         targets = [count_macs(model, input_size, w) for w in args.widths]
         t = time.perf_counter()
         n_held = len(held[0])
         held_batches = [(held[0][i : i + 128], held[1][i : i + 128]) for i in range(0, n_held, 128)]
-        result = autoslim(model, held_batches, targets, metric=args.metric)
+        result = autoslim(model, held_batches, targets, metric=args.metric, per_mac=args.per_mac)
         search_s += time.perf_counter() - t
         for w, target in zip(args.widths, targets, strict=True):
             found = result.result(target)
@@ -149,15 +173,15 @@ def main() -> None:
             row["uniform"].append(accuracy(model, w, tr, te))
             row["searched"].append(accuracy(model, found.width_map, tr, te))
             if args.retrain:
-                plain = create_model("autoslim_small_cnn", num_classes=10, channels=found.channels)
+                torch.manual_seed(seed)
+                plain = autoslim_small_cnn(10, channels=found.channels, setting=setting)
                 row["searched_scratch"].append(
                     accuracy(train(plain, tr, args.epochs, seed, False), None, tr, te)
                 )
                 with set_width(model, w):
                     uniform_channels = get_channels(model)
-                plain = create_model(
-                    "autoslim_small_cnn", num_classes=10, channels=uniform_channels
-                )
+                torch.manual_seed(seed)
+                plain = autoslim_small_cnn(10, channels=uniform_channels, setting=setting)
                 row["uniform_scratch"].append(
                     accuracy(train(plain, tr, args.epochs, seed, False), None, tr, te)
                 )

@@ -237,19 +237,25 @@ def test_search_meets_targets_greedily_and_keeps_ties():
             assert by_step[s["step"]].channels == channels
 
 
-def test_each_step_removes_what_hurts_least():
-    model, batches, result = _search_tiny(targets=["70%"], metric="loss")
+@pytest.mark.parametrize("per_mac", [False, True])
+def test_each_step_removes_what_hurts_least(per_mac):
+    model = TinyResNet()
+    batches = _synthetic_batches()
+    result = autoslim(model, batches, ["70%"], metric="loss", per_mac=per_mac)
     start = dict(result.trace[0]["channels"])
-    first = result.trace[1]
-    losses = {}
+    size = tuple(result.input_size)
+    full_macs, full_loss = result.trace[0]["macs"], result.trace[0]["val_loss"]
+    harm = {}
     for group in channel_groups(model):
         smaller = group.choices[group.choices.index(start[group.layers[0]]) - 1]
         trial = start | dict.fromkeys(group.layers, smaller)
         with set_channels(model, trial), batch_statistics(model):
-            losses[group.layers] = evaluate(model, batches)[1]
-    best = min(losses, key=losses.get)
-    assert tuple(first["layers"]) == best
-    assert first["val_loss"] == pytest.approx(losses[best])
+            loss = evaluate(model, batches)[1]
+        saved = full_macs - count_macs(model, size, channels_to_width(model, trial))
+        harm[group.layers] = (loss - full_loss) / (saved if per_mac else 1)
+    best = min(harm, key=harm.get)
+    assert tuple(result.trace[1]["layers"]) == best
+    assert result.per_mac is per_mac
 
 
 def test_targets_at_and_below_the_extremes():

@@ -45,6 +45,7 @@ def autoslim(
     num_batches: int | None = None,
     input_size: Sequence[int] | None = None,
     metric: str = "accuracy",
+    per_mac: bool = False,
     progress: bool = False,
     model_name: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
@@ -62,6 +63,8 @@ def autoslim(
         input_size: ``(C, H, W)`` the MACs are counted at; defaults to the batches' images.
         metric: ``"accuracy"`` (the paper's; ties broken by loss) or ``"loss"``: what a
             removal must hurt least.
+        per_mac: divide each removal's harm by the MACs it saves (not in the paper): prefer
+            layers whose channels are expensive, when layers differ much in cost per channel.
         progress: show a progress bar with the current MACs and accuracy.
         model_name, model_kwargs: recorded in the result (how to rebuild the model).
 
@@ -96,9 +99,6 @@ def autoslim(
     knobs = width_knobs(model)
     divisor = math.gcd(*(m.divisor for m in knobs.values()))
     num_images = sum(len(y) for _, y in held)
-
-    def score(acc: float, loss: float) -> tuple[float, float]:
-        return (acc, -loss) if metric == "accuracy" else (-loss, acc)
 
     results: list[TargetResult] = []
     trace: list[dict[str, Any]] = []
@@ -135,8 +135,11 @@ def autoslim(
                     t_channels, t_widths, t_macs = macs_of(trial)
                     set_width(model, t_widths)
                     t_acc, t_loss = evaluate(model, held)
-                    key = score(t_acc, t_loss)
-                    if best is None or key > best[0]:
+                    harm = (acc - t_acc, t_loss - loss)
+                    if per_mac:
+                        harm = (harm[0] / max(macs - t_macs, 1), harm[1] / max(macs - t_macs, 1))
+                    key = harm if metric == "accuracy" else harm[::-1]  # smaller is better
+                    if best is None or key < best[0]:
                         best = (key, i, trial, t_channels, t_widths, t_macs, t_acc, t_loss)
                 if best is None:  # every layer at its smallest width: cannot happen after the check
                     raise RuntimeError("AutoSlim ran out of channels to remove")
@@ -156,6 +159,7 @@ def autoslim(
         input_size=list(count.input_size),
         divisor=divisor,
         metric=metric,
+        per_mac=per_mac,
         num_images=num_images,
         full_macs=full_macs,
         min_macs=min_macs,

@@ -6,7 +6,8 @@ Per MACs target, the file holds the channels of every knob layer and the equival
 (``channels=``) to build a network at exactly those channels::
 
     {"format": "slimmable-search", "version": 1, "model": "us_small_cnn", "model_kwargs": {},
-     "input_size": [1, 8, 8], "divisor": 8, "metric": "accuracy", "num_images": 512,
+     "input_size": [1, 8, 8], "divisor": 8, "metric": "accuracy", "per_mac": false,
+     "num_images": 512,
      "full_macs": 610304, "min_macs": 48000, "groups": [["features.0"], ...],
      "results": [{"target": "50%", "target_macs": 305152, "macs": 300032,
                   "channels": {"features.0": 32, ...}, "width_map": {"features.0": 1.0, ...},
@@ -86,6 +87,7 @@ class SearchResult:
     input_size: list[int]
     divisor: int
     metric: str
+    per_mac: bool
     num_images: int
     full_macs: int
     min_macs: int
