@@ -26,8 +26,8 @@ from slimmable import autoslim, calibrate, set_width
 from slimmable.models import make_kit
 from slimmable.models.autoslim import autoslim_small_cnn
 from slimmable.models.small_cnn import SmallCNN
-from slimmable.search import count_macs, format_macs, get_channels
-from slimmable.width import width_knobs
+from slimmable.search import MacsCounter, count_macs, format_macs, get_channels
+from slimmable.width import width_bounds, width_knobs
 
 
 def load(name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +113,30 @@ def train(
     return model
 
 
+ROW_KEYS = (
+    "uniform",
+    "searched",
+    "macs",
+    "channels",
+    "uniform_at_macs",
+    "uniform_at_width",
+    "uniform_scratch",
+    "searched_scratch",
+)
+
+
+def uniform_width_at(model, input_size, macs: int, tol: float = 1e-4) -> float:
+    """The largest uniform width (to ``tol``) whose MACs do not exceed ``macs``."""
+    count = MacsCounter(model, input_size)
+    lo, hi = width_bounds(model)
+    if count(hi) <= macs:
+        return hi
+    while hi - lo > tol:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if count(mid) <= macs else (lo, mid)
+    return round(lo, 4) if count(round(lo, 4)) <= macs else lo
+
+
 @torch.no_grad()
 def accuracy(model, width, calib, test) -> float:
     if width is not None:
@@ -148,9 +172,9 @@ def main() -> None:
     x, y = load(args.data)
     setting = [tuple(int(v) for v in layer.split(",")) for layer in args.setting]
     input_size = tuple(x.shape[1:])
-    rows: dict[float, dict] = {w: {"uniform": [], "searched": [], "macs": []} for w in args.widths}
-    for w in args.widths:
-        rows[w] |= {"uniform_scratch": [], "searched_scratch": [], "channels": []}
+    rows: dict[float, dict] = {
+        w: {key: [] for key in ROW_KEYS} | {"uniform_macs": 0} for w in args.widths
+    }
     start = time.perf_counter()
     search_s = 0.0
     for seed in args.seeds:
@@ -172,6 +196,10 @@ def main() -> None:
             row["channels"].append(found.channels)
             row["uniform"].append(accuracy(model, w, tr, te))
             row["searched"].append(accuracy(model, found.width_map, tr, te))
+            # the uniform width with as many MACs as the searched network, or fewer
+            same = uniform_width_at(model, input_size, found.macs)
+            row["uniform_at_macs"].append(accuracy(model, same, tr, te))
+            row["uniform_at_width"].append(same)
             if args.retrain:
                 torch.manual_seed(seed)
                 plain = autoslim_small_cnn(10, channels=found.channels, setting=setting)
@@ -193,7 +221,10 @@ def main() -> None:
         sd = statistics.stdev(v) * 100 if len(v) > 1 else 0.0
         return f"{statistics.mean(v) * 100:.2f} ± {sd:.2f}"
 
-    header = "| uniform width | uniform MACs | searched MACs | uniform acc % | searched acc % |"
+    header = (
+        "| uniform width | MACs | acc % | searched MACs | searched acc % "
+        "| uniform at searched MACs: width | acc % |"
+    )
     if args.retrain:
         header += " uniform, scratch % | searched, scratch % |"
     print(header)
@@ -201,9 +232,10 @@ def main() -> None:
     for w in args.widths:
         r = rows[w]
         macs = format_macs(statistics.mean(r["macs"]))
+        same = statistics.mean(r["uniform_at_width"])
         line = (
-            f"| {w:g} | {format_macs(r['uniform_macs'])} | {macs}"
-            f" | {ms(r['uniform'])} | {ms(r['searched'])} |"
+            f"| {w:g} | {format_macs(r['uniform_macs'])} | {ms(r['uniform'])} | {macs}"
+            f" | {ms(r['searched'])} | {same:.3f} | {ms(r['uniform_at_macs'])} |"
         )
         if args.retrain:
             line += f" {ms(r['uniform_scratch'])} | {ms(r['searched_scratch'])} |"

@@ -3,13 +3,16 @@
 Start from a trained slimmable network at full width. At every step, try removing one channel
 group (the layer's divisor, e.g. 8 channels) from each layer group in turn, score each trial on
 a fixed set of held-out training batches (BN with batch statistics), and keep the removal that
-hurts least. Every time the network's MACs fall to a target, record that configuration.
+hurts least. At the first step where some trial meets a MACs target, record the least harmful
+trial that meets it (usually the greedy move itself; otherwise a sibling of it, one removal from
+the same path, which wastes less of the budget than waiting for the path to cross the target).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
@@ -22,6 +25,36 @@ from .macs import MacsCounter
 from .result import SearchResult, TargetResult, format_macs, parse_macs
 
 METRICS = ("accuracy", "loss")
+
+
+@dataclass
+class Trial:
+    """One candidate configuration: a layer group one channel group slimmer than the path's."""
+
+    key: tuple[float, ...]  # harm, smaller is better
+    group: int
+    levels: list[int]
+    channels: dict[str, int]
+    widths: dict[str, float]
+    macs: int
+    acc: float
+    loss: float
+
+
+def record(
+    pending: list[tuple[str, int]], results: list[TargetResult], trials: list[Trial], step: int
+) -> None:
+    """For each target some trial meets, keep the least harmful trial that meets it."""
+    while pending:
+        label, target = pending[0]
+        feasible = [t for t in trials if t.macs <= target]
+        if not feasible:
+            return
+        pending.pop(0)
+        t = min(feasible, key=lambda t: t.key)
+        results.append(
+            TargetResult(label, target, t.macs, t.channels, t.widths, t.acc, t.loss, step)
+        )
 
 
 def _channels(groups: Sequence[ChannelGroup], levels: Sequence[int]) -> dict[str, int]:
@@ -69,9 +102,10 @@ def autoslim(
         model_name, model_kwargs: recorded in the result (how to rebuild the model).
 
     Returns:
-        a :class:`SearchResult`: per target, the channels and the width map of the first
-        configuration at or below it, with its held-out accuracy and loss; ``.save(path)``
-        writes the JSON that ``slimmable.load_search`` reads.
+        a :class:`SearchResult`: per target, the channels and the width map of the least
+        harmful trial at or below it, at the first step that has one, with its held-out
+        accuracy and loss; ``.trace`` is the greedy path; ``.save(path)`` writes the JSON that
+        ``slimmable.load_search`` reads.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -118,39 +152,39 @@ def autoslim(
         )
         step = 0
         with bar:
-            while True:
-                while pending and macs <= pending[0][1]:
-                    label, target = pending.pop(0)
-                    results.append(
-                        TargetResult(label, target, macs, channels, widths, acc, loss, step)
-                    )
-                if not pending:
-                    break
-                best: tuple | None = None
+            record(pending, results, [Trial((), -1, levels, channels, widths, macs, acc, loss)], 0)
+            while pending:
+                trials = []
                 for i in range(len(groups)):
                     if levels[i] == 0:
                         continue
-                    trial = list(levels)
-                    trial[i] -= 1
-                    t_channels, t_widths, t_macs = macs_of(trial)
+                    t_levels = list(levels)
+                    t_levels[i] -= 1
+                    t_channels, t_widths, t_macs = macs_of(t_levels)
                     set_width(model, t_widths)
                     t_acc, t_loss = evaluate(model, held)
                     harm = (acc - t_acc, t_loss - loss)
                     if per_mac:
-                        harm = (harm[0] / max(macs - t_macs, 1), harm[1] / max(macs - t_macs, 1))
-                    key = harm if metric == "accuracy" else harm[::-1]  # smaller is better
-                    if best is None or key < best[0]:
-                        best = (key, i, trial, t_channels, t_widths, t_macs, t_acc, t_loss)
-                if best is None:  # every layer at its smallest width: cannot happen after the check
+                        saved = max(macs - t_macs, 1)
+                        harm = (harm[0] / saved, harm[1] / saved)
+                    key = harm if metric == "accuracy" else harm[::-1]
+                    trials.append(
+                        Trial(key, i, t_levels, t_channels, t_widths, t_macs, t_acc, t_loss)
+                    )
+                if not trials:  # every layer at its smallest width: cannot happen after the check
                     raise RuntimeError("AutoSlim ran out of channels to remove")
-                _, i, levels, channels, widths, new_macs, acc, loss = best
                 step += 1
-                bar.update(macs - new_macs)
-                macs = new_macs
+                record(pending, results, trials, step)
+                best = min(trials, key=lambda t: t.key)
+                levels, channels, widths = best.levels, best.channels, best.widths
+                acc, loss = best.acc, best.loss
+                bar.update(macs - best.macs)
+                macs = best.macs
                 bar.set_postfix_str(f"MACs {format_macs(macs)} acc {acc:.2%}")
+                group = groups[best.group]
                 trace.append(
-                    {"step": step, "layers": list(groups[i].layers)}
-                    | {"channels": groups[i].choices[levels[i]], "macs": macs}
+                    {"step": step, "layers": list(group.layers)}
+                    | {"channels": group.choices[levels[best.group]], "macs": macs}
                     | {"val_accuracy": acc, "val_loss": loss}
                 )
     return SearchResult(
