@@ -409,3 +409,27 @@ def test_searched_network_keeps_its_accuracy_on_digits(digits_us_cnn):
     smallest_acc = _test_accuracy(model, 0.25, train, test)
     assert searched_acc >= uniform_acc - 0.02, (searched_acc, uniform_acc)
     assert searched_acc >= smallest_acc - 0.01, (searched_acc, smallest_acc)
+
+
+def test_build_at_channels_rebuilds_any_architecture():
+    from slimmable.models.autoslim import build_at_channels
+    from slimmable.models.kit import make_kit
+    from slimmable.models.small_cnn import SmallCNN
+
+    model = TinyResNet()
+    result = autoslim(model, _synthetic_batches(n=1), ["40%"])
+    channels = result.channels()
+    net = build_at_channels(TinyResNet(), channels, (3, 6, 6))
+    assert all(m.out_channels == channels[n] for n, m in width_knobs(net).items())
+    assert net.bn0.num_features == channels["stem"] and net.fc.in_features == channels["head"]
+    assert count_macs(net, (3, 6, 6)) == result.results[0].macs
+    net.train()(torch.randn(2, 3, 6, 6)).sum().backward()
+    # a plain reference gives the same network as the setting-based autoslim_small_cnn
+    wanted = {"features.0": 16, "features.3": 40, "features.6": 72}
+    plain = build_at_channels(SmallCNN(make_kit(widths=(1.0,)), 10, 1), wanted, (1, 8, 8))
+    direct = create_model("autoslim_small_cnn", num_classes=10, channels=wanted)
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {
+        k: v.shape for k, v in direct.state_dict().items()
+    }
+    with pytest.raises(ValueError, match="has 32 channels; it cannot build 40"):
+        build_at_channels(TinyResNet(), {"stem": 40, "conv2": 40}, (3, 6, 6))
