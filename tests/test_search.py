@@ -29,6 +29,15 @@ from slimmable.search.evaluate import evaluate
 from slimmable.width import width_knobs
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: one thread is fastest, and robust to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _out_channels(model, x):
     """Output channels of every knob layer for input ``x``, recorded with hooks."""
     seen = {}
