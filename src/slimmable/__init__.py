@@ -5,6 +5,7 @@ in-place distillation, post-training BN calibration) and AutoSlim channel search
 """
 
 from .calibrate import calibrate, calibrated_widths
+from .evaluate import evaluate
 from .layers import (
     SlimmableConv2d,
     SlimmableLinear,
@@ -15,7 +16,10 @@ from .layers import (
     make_divisible,
 )
 from .models import create_model, list_models, register_model
+from .models.official import load_official
+from .profile import profile
 from .search import autoslim, load_search, read_search, set_channels
+from .train import train
 from .width import (
     get_width,
     set_uncalibrated,
@@ -39,15 +43,19 @@ __all__ = [
     "calibrate",
     "calibrated_widths",
     "create_model",
+    "evaluate",
     "get_width",
     "list_models",
+    "load_official",
     "load_search",
     "make_divisible",
+    "profile",
     "read_search",
     "register_model",
     "set_channels",
     "set_uncalibrated",
     "set_width",
+    "train",
     "width_bounds",
     "width_choices",
     "width_knobs",

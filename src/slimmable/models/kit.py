@@ -65,8 +65,13 @@ class LayerKit:
         fixed_in: bool = False,
         fixed_out: bool = False,
         ratio: int = 1,
+        out_channels_list: Sequence[int] | None = None,
     ) -> nn.Module:
-        """A slimmable ``Conv2d`` (``padding`` defaults to ``kernel_size // 2``)."""
+        """A slimmable ``Conv2d`` (``padding`` defaults to ``kernel_size // 2``).
+
+        ``out_channels_list`` (S-Nets only) gives the output channels of each width explicitly,
+        for families whose channels are not ``make_divisible(C * w)`` (ShuffleNet).
+        """
         cls = SlimmableConv2d if self.widths is not None else USConv2d
         return cls(
             in_channels,
@@ -81,6 +86,7 @@ class LayerKit:
             fixed_out=fixed_out,
             divisor=self.divisor,
             ratio=ratio,
+            out_channels_list=out_channels_list,
             **self._width_kwargs,
         )
 
@@ -98,12 +104,28 @@ class LayerKit:
             **self._width_kwargs,
         )
 
-    def bn(self, num_features: int, *, ratio: int = 1, fixed: bool = False) -> nn.Module:
-        """The kit's batch norm for a layer of ``num_features`` channels at full width."""
+    def bn(
+        self,
+        num_features: int,
+        *,
+        ratio: int = 1,
+        fixed: bool = False,
+        channels_list: Sequence[int] | None = None,
+    ) -> nn.Module:
+        """The kit's batch norm for a layer of ``num_features`` channels at full width.
+
+        ``channels_list`` matches a conv's ``out_channels_list`` (switchable BN only; the other
+        norms read their channels from the input).
+        """
         if self.norm == "switchable":
             assert self.widths is not None
             return SwitchableBatchNorm2d(
-                num_features, self.widths, divisor=self.divisor, ratio=ratio, fixed=fixed
+                num_features,
+                self.widths,
+                divisor=self.divisor,
+                ratio=ratio,
+                fixed=fixed,
+                channels_list=channels_list,
             )
         return USBatchNorm2d(
             num_features, uncalibrated="running" if self.norm == "shared" else "error"

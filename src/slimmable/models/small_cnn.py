@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from .helpers import with_cfg
 from .kit import LayerKit, make_kit
 from .registry import register_model
 
@@ -38,6 +39,10 @@ class SmallCNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
+    def channel_groups(self) -> list[list[str]]:
+        """No residual sums: every conv chooses its width freely."""
+        return []
+
 
 @register_model
 def s_small_cnn(
@@ -45,9 +50,14 @@ def s_small_cnn(
     in_chans: int = 1,
     widths: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
     norm: str = "switchable",
+    setting: Sequence[tuple[int, int]] = SMALL_CNN_SETTING,
 ) -> SmallCNN:
-    """Slimmable three-layer CNN for digits-sized images (S-Net, switchable BN)."""
-    return SmallCNN(make_kit(widths=widths, norm=norm), num_classes, in_chans)
+    """Slimmable CNN for digits-sized images (S-Net, switchable BN).
+
+    ``setting`` lists ``(out_channels, stride)`` per conv layer, for deeper or wider variants.
+    """
+    model = SmallCNN(make_kit(widths=widths, norm=norm), num_classes, in_chans, setting)
+    return with_cfg(model, input_size=(in_chans, 8, 8))
 
 
 @register_model
@@ -55,6 +65,8 @@ def us_small_cnn(
     num_classes: int = 10,
     in_chans: int = 1,
     width_range: Sequence[float] = (0.25, 1.0),
+    setting: Sequence[tuple[int, int]] = SMALL_CNN_SETTING,
 ) -> SmallCNN:
-    """Universally slimmable three-layer CNN for digits-sized images."""
-    return SmallCNN(make_kit(width_range=width_range), num_classes, in_chans)
+    """Universally slimmable CNN for digits-sized images (``setting`` as above)."""
+    model = SmallCNN(make_kit(width_range=width_range), num_classes, in_chans, setting)
+    return with_cfg(model, input_size=(in_chans, 8, 8))
