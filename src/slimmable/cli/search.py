@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     for t in targets:
-        parse_macs(t, full_macs=1)  # fail on a typo before loading anything
+        parse_macs(t, full_macs=10**12)  # fail on a typo before loading anything
     if args.batches < 1 or args.batch_size < 2:
         raise ValueError("--batches must be at least 1 and --batch-size at least 2")
     ckpt = load_checkpoint(args.checkpoint)
