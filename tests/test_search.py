@@ -496,3 +496,36 @@ def test_search_command_errors_are_one_line(us_checkpoint, tmp_path, capsys):
     assert "below the fewest MACs" in capsys.readouterr().err
     assert main(["search", str(tmp_path / "none.pt"), "--targets", "1M"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "labels"),
+    [
+        ("autoslim_mobilenet_v1", {"150M": 150e6, "325M": 325e6, "572M": 572e6}),
+        ("autoslim_resnet50", {"570M": 570e6, "1G": 1000e6, "2G": 2006e6, "3G": 3005e6}),
+    ],
+)
+def test_published_autoslim_networks_have_the_authors_macs(name, labels):
+    # the authors label each channel list with its MACs (2006M and 3005M in their comments)
+    for key, macs in labels.items():
+        with torch.device("meta"):
+            net = create_model(name, channels=key)
+        assert abs(count_macs(net, (3, 224, 224)) - macs) <= 0.002 * macs, key
+
+
+def test_autoslim_mobilenet_v2_and_resnet50_build_searched_channels():
+    for searched_name, name, size, kwargs in [
+        ("us_mobilenet_v2_cifar", "autoslim_mobilenet_v2", (3, 32, 32), {"cifar": True}),
+        ("us_resnet50", "autoslim_resnet50", (3, 224, 224), {}),
+    ]:
+        with torch.device("meta"):
+            searched = create_model(searched_name, num_classes=10)
+            groups = channel_groups(searched)
+            # a nonuniform configuration: every other layer group one step below full
+            channels = {
+                layer: g.choices[-1 - (i % 2)] for i, g in enumerate(groups) for layer in g.layers
+            }
+            net = create_model(name, num_classes=10, channels=channels, **kwargs)
+        assert {n: m.out_channels for n, m in width_knobs(net).items()} == channels
+        widths = channels_to_width(searched, channels)
+        assert count_macs(net, size) == count_macs(searched, size, widths)

@@ -20,8 +20,12 @@ from torch import nn
 from ..layers import SwitchableBatchNorm2d, USBatchNorm2d, WidthList
 from ..layers.base import WidthMixin
 from ..width import width_knobs
+from .helpers import with_cfg
 from .kit import make_kit
+from .mobilenet_v1 import MOBILENET_V1_SETTING, MobileNetV1
+from .mobilenet_v2 import MobileNetV2
 from .registry import register_model
+from .resnet import RESNET_SETTINGS, ResNet
 from .small_cnn import SMALL_CNN_SETTING, SmallCNN
 
 Channels = Mapping[str, int] | Sequence[int]
@@ -208,3 +212,171 @@ def autoslim_small_cnn(
     searched = [(c, stride) for c, (_, stride) in zip(counts, setting, strict=True)]
     kit = make_kit(**_kit_kwargs(widths, width_range, norm))
     return SmallCNN(kit, num_classes, in_chans, searched)
+
+
+# ---- the authors' searched networks ----------------------------------------------------------
+# Channel numbers of the AutoSlim networks the authors trained, from their configuration files
+# (github.com/JiahuiYu/slimmable_networks, apps/autoslim_*_train_val.yml, `channel_num_list`),
+# keyed by their MACs label, without the trailing classifier output (1000).
+
+# MobileNet v1: the stem conv, then the 13 pointwise convs (depthwise convs follow their input).
+AUTOSLIM_MOBILENET_V1 = {
+    "150M": [16, 32, 48, 48, 88, 88, 224, 176, 224, 368, 320, 224, 744, 744],
+    "325M": [16, 32, 48, 64, 112, 184, 320, 368, 320, 416, 464, 560, 1128, 1128],
+    "572M": [24, 64, 128, 144, 232, 232, 560, 464, 512, 464, 560, 560, 1128, 1128],
+}
+
+# ResNet-50: the stem conv; then per bottleneck the 1x1 and 3x3 convs and the output conv, the
+# first block of each stage preceded by its projection shortcut (equal to the stage's outputs).
+AUTOSLIM_RESNET50 = {
+    "570M": [
+        24,
+        *(72, 8, 16, 72, 16, 16, 72, 8, 8, 72),
+        *(240, 16, 24, 240, 16, 24, 240, 16, 16, 240, 16, 24, 240),
+        *(704, 72, 72, 704, 48, 72, 704, 48, 72, 704, 72, 72, 704, 48, 48, 704, 48, 48, 704),
+        *(1680, 280, 240, 1680, 120, 200, 1680, 280, 280, 1680),
+    ],
+    "1G": [
+        32,
+        *(72, 16, 16, 72, 16, 16, 72, 8, 8, 72),
+        *(280, 24, 40, 280, 16, 24, 280, 16, 24, 280, 24, 40, 280),
+        *(880, 72, 72, 880, 72, 96, 880, 72, 72, 880, 72, 72, 880, 48, 72, 880, 168, 96, 880),
+        *(2016, 360, 280, 2016, 320, 360, 2016, 480, 440, 2016),
+    ],
+    "2G": [
+        40,
+        *(120, 16, 16, 120, 24, 24, 120, 16, 24, 120),
+        *(440, 48, 72, 440, 32, 48, 440, 40, 56, 440, 64, 72, 440),
+        *(1024, 168, 168, 1024, 96, 144, 1024, 120, 168, 1024, 120, 144, 1024, 120, 144, 1024),
+        *(256, 256, 1024),
+        *(2016, 512, 512, 2016, 480, 480, 2016, 512, 512, 2016),
+    ],
+    "3G": [
+        48,
+        *(192, 16, 16, 192, 56, 56, 192, 24, 40, 192),
+        *(512, 88, 112, 512, 64, 104, 512, 104, 112, 512, 80, 128, 512),
+        *(1024, 240, 216, 1024, 144, 216, 1024, 192, 192, 1024, 144, 240, 1024, 240, 256, 1024),
+        *(256, 256, 1024),
+        *(2016, 512, 512, 2016, 480, 512, 2016, 512, 512, 2016),
+    ],
+}
+
+
+def _named(channels: Channels | str | None, published: Mapping[str, list[int]], names: list[str]):
+    """``{layer: channels}`` from a published label, a name map or a list in ``names`` order."""
+    if isinstance(channels, str):
+        if channels not in published:
+            raise ValueError(
+                f"no published AutoSlim configuration {channels!r}; "
+                f"choose one of {', '.join(published)} or pass channels={{layer: count}}"
+            )
+        channels = published[channels]
+    if channels is None:
+        return {}
+    if isinstance(channels, Mapping):
+        return dict(channels)
+    values = list(channels)
+    if len(values) != len(names):
+        raise ValueError(
+            f"channels lists {len(values)} layers; this architecture has {len(names)} "
+            f"({names[0]}, ..., {names[-1]})"
+        )
+    return dict(zip(names, values, strict=True))
+
+
+def _searched(
+    reference: nn.Module, channels: Mapping[str, int], input_size: tuple[int, int, int]
+) -> nn.Module:
+    knobs = width_knobs(reference)
+    unknown = [n for n in channels if n not in knobs]
+    if unknown:
+        raise ValueError(
+            f"channels names {unknown[0]!r}, which is no layer of this architecture; pass the "
+            "channels of a search of the same model family"
+        )
+    for name, value in channels.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"layer {name!r}: channels must be a positive integer, not {value!r}")
+    model = build_at_channels(reference, channels, input_size)
+    return with_cfg(model, input_size=input_size, paper="AutoSlim, Yu & Huang 2019")
+
+
+@register_model
+def autoslim_mobilenet_v1(
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    channels: Channels | str = "325M",
+    widths: Sequence[float] | None = None,
+    width_range: Sequence[float] | None = None,
+    norm: str | None = None,
+) -> nn.Module:
+    """AutoSlim-MobileNet v1 (Yu & Huang, 2019): MobileNet v1 at searched channels.
+
+    ``channels``: ``"150M"``, ``"325M"`` or ``"572M"`` (the authors' networks), the channels of a
+    search of ``us_mobilenet_v1`` (``{layer: channels}``), or 14 counts: stem and pointwise convs.
+    """
+    kit = make_kit(**_kit_kwargs(widths, width_range, norm))
+    full = [c for c, n, _ in MOBILENET_V1_SETTING for _ in range(n)]
+    strides = [s if i == 0 else 1 for _, n, s in MOBILENET_V1_SETTING for i in range(n)]
+    with torch.device("meta"):
+        names = list(width_knobs(MobileNetV1(kit, num_classes, in_chans)))
+    named = _named(channels, AUTOSLIM_MOBILENET_V1, names)
+    # the authors searched a wider network: make room for counts above the standard widths
+    blocks = [max(c, named.get(n, 0)) for c, n in zip(full, names[1:], strict=True)]
+    setting = [(c, 1, s) for c, s in zip(blocks, strides, strict=True)]
+    reference = MobileNetV1(kit, num_classes, in_chans, setting)
+    return _searched(reference, named, (in_chans, 224, 224))
+
+
+@register_model
+def autoslim_mobilenet_v2(
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    channels: Channels | None = None,
+    cifar: bool = False,
+    widths: Sequence[float] | None = None,
+    width_range: Sequence[float] | None = None,
+    norm: str | None = None,
+) -> nn.Module:
+    """AutoSlim-MobileNet v2 (Yu & Huang, 2019): MobileNet v2 at searched channels.
+
+    ``channels``: the channels of a search of ``us_mobilenet_v2`` (``cifar=True``: of
+    ``us_mobilenet_v2_cifar``, stride-1 stem), as ``{layer: channels}`` or 34 counts in layer
+    order. The authors' published lists need a 1.5x MobileNet v2 (a 1920-channel last conv), which
+    the zoo's MobileNet v2 does not build.
+    """
+    kit = make_kit(**_kit_kwargs(widths, width_range, norm))
+    reference = MobileNetV2(kit, num_classes, in_chans, stem_stride=1 if cifar else 2)
+    named = _named(channels, {}, list(width_knobs(reference)))
+    return _searched(reference, named, (in_chans, 32, 32) if cifar else (in_chans, 224, 224))
+
+
+@register_model
+def autoslim_resnet50(
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    channels: Channels | str = "1G",
+    widths: Sequence[float] | None = None,
+    width_range: Sequence[float] | None = None,
+    norm: str | None = None,
+) -> nn.Module:
+    """AutoSlim-ResNet-50 (Yu & Huang, 2019): ResNet-50 at searched channels.
+
+    ``channels``: ``"570M"``, ``"1G"``, ``"2G"`` or ``"3G"`` (the authors' networks), the
+    channels of a search of ``us_resnet50`` (``{layer: channels}``), or 53 counts in the authors'
+    order (the stem; per block the 1x1, 3x3 and output convs, a stage's first block preceded by
+    its projection shortcut).
+    """
+    kit = make_kit(**_kit_kwargs(widths, width_range, norm))
+    block, layers = RESNET_SETTINGS[50]
+    reference = ResNet(kit, block, layers, num_classes, in_chans)
+    # the authors' order: a stage's first block lists its shortcut before its body
+    names = list(width_knobs(reference))
+    order = [names[0]]
+    for name in names[1:]:
+        if name.endswith(".shortcut.0"):
+            order.insert(len(order) - 3, name)
+        else:
+            order.append(name)
+    named = _named(channels, AUTOSLIM_RESNET50, order)
+    return _searched(reference, named, (in_chans, 224, 224))
