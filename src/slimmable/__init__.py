@@ -20,6 +20,7 @@ from .layers import (
 from .models import create_model, list_models, register_model
 from .models.official import load_official
 from .profile import profile
+from .search import autoslim, load_search, read_search, set_channels
 from .select import select_width
 from .train import train
 from .width import (
@@ -41,6 +42,7 @@ __all__ = [
     "USConv2d",
     "USLinear",
     "__version__",
+    "autoslim",
     "calibrate",
     "calibrated_widths",
     "create_model",
@@ -49,11 +51,14 @@ __all__ = [
     "get_width",
     "list_models",
     "load_official",
+    "load_search",
     "make_divisible",
     "measure_latency",
     "profile",
+    "read_search",
     "register_model",
     "select_width",
+    "set_channels",
     "set_uncalibrated",
     "set_width",
     "train",
