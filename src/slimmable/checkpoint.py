@@ -51,9 +51,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for a damaged file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        # torch's own message may advise weights_only=False: never do that for a file you doubt.
         raise ValueError(
-            f"{path} is not a readable checkpoint ({first}); re-save it or pick another file"
+            f"{path} is not a readable checkpoint ({type(err).__name__}: truncated, damaged, or "
+            "holding objects other than tensors and plain values); re-save it or pick another file"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(
