@@ -214,6 +214,34 @@ def accuracy(model: torch.nn.Module, loader: Any, width: Any) -> float:
     return hits / seen
 
 
+def bn_mismatch(model: torch.nn.Module, x: torch.Tensor, width: float) -> tuple[float, float]:
+    """How far the shared running BN statistics are from ``width``'s own (calibrated) ones.
+
+    Returns, averaged over channels and BN layers, ``|mean_run - mean_w| / std_w`` and
+    ``|log(var_run / var_w)|``: 0 when the shared statistics fit this width.
+    """
+    from slimmable.layers.norm import USBatchNorm2d
+    from slimmable.width import set_width
+
+    shifts, ratios = [], []
+
+    def hook(bn: USBatchNorm2d, inputs: tuple[torch.Tensor]) -> None:
+        c = inputs[0].shape[1]
+        mean, var = bn.eval_statistics(c)
+        shifts.append(float(((bn.running_mean[:c] - mean).abs() / var.sqrt()).mean()))
+        ratios.append(float((bn.running_var[:c] / var).log().abs().mean()))
+
+    norms = [m for m in model.modules() if isinstance(m, USBatchNorm2d)]
+    handles = [bn.register_forward_pre_hook(hook) for bn in norms]
+    try:
+        with torch.no_grad(), set_width(model, width):
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return float(np.mean(shifts)), float(np.mean(ratios))
+
+
 def stats(values: Sequence[float]) -> tuple[float, float]:
     a = np.asarray(values, dtype=float) * 100
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
@@ -255,6 +283,8 @@ def finding_snet(args, runs_dir: Path, img: Path) -> tuple[str, dict]:
         k: {w: [] for w in SNET_WIDTHS}
         for k in ("individual", "naive", "naive_recalibrated", "slimmable")
     }
+    shift: dict[float, list[float]] = {w: [] for w in SNET_WIDTHS}
+    logvar: dict[float, list[float]] = {w: [] for w in SNET_WIDTHS}
     for seed in seeds:
         for w in SNET_WIDTHS:
             data["individual"][w].append(eval_json(runs_dir, f"individual_{w:g}_s{seed}")[w])
@@ -265,12 +295,39 @@ def finding_snet(args, runs_dir: Path, img: Path) -> tuple[str, dict]:
         model, cfg = load(runs_dir, f"naive_s{seed}")
         train_set, test = datasets(cfg)
         recalibrate(model, cfg, train_set, SNET_WIDTHS, 2000)
+        x = next(iter(test))[0]
         for w in SNET_WIDTHS:
             data["naive_recalibrated"][w].append(accuracy(model, test, w))
-    rows = [[f"{w:g}", *(pm(data[k][w]) for k in data)] for w in SNET_WIDTHS]
+            a, b = bn_mismatch(model, x, w)
+            shift[w].append(a)
+            logvar[w].append(b)
+    rows = [
+        [
+            f"{w:g}",
+            *(pm(data[k][w]) for k in data),
+            f"{np.mean(shift[w]):.2f}",
+            f"{np.mean(logvar[w]):.2f}",
+        ]
+        for w in SNET_WIDTHS
+    ]
     md = table(
-        ["width", "individual", "naive (shared BN)", "naive + per-width BN recal.", "S-Net (S-BN)"],
+        [
+            "width",
+            "individual",
+            "naive (shared BN)",
+            "naive + per-width BN recal.",
+            "S-Net (S-BN)",
+            "naive BN mean shift",
+            "naive BN var mismatch",
+        ],
         rows,
+    )
+    md += (
+        "\n\nThe last two columns measure, for the naive model, how far the shared running BN "
+        "statistics (what eval uses) are from the statistics that width's own features have "
+        "(its calibrated post-statistics): *mean shift* = mean over channels and BN layers of "
+        "abs(μ_running − μ_width) / σ_width, *var mismatch* = mean of "
+        "abs(log(σ²_running / σ²_width)); both 0 when the shared statistics fit; mean over seeds."
     )
     plt = _plot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -289,7 +346,10 @@ def finding_snet(args, runs_dir: Path, img: Path) -> tuple[str, dict]:
     fig.tight_layout()
     fig.savefig(img / "repro_snet.png", dpi=110)
     plt.close(fig)
-    return md, {k: {str(w): v for w, v in d.items()} for k, d in data.items()}
+    out = {k: {str(w): v for w, v in d.items()} for k, d in data.items()}
+    out["naive_bn_mean_shift"] = {str(w): v for w, v in shift.items()}
+    out["naive_bn_log_var_ratio"] = {str(w): v for w, v in logvar.items()}
+    return md, out
 
 
 def finding_universal(args, runs_dir: Path, img: Path, snet: dict) -> tuple[str, dict]:
