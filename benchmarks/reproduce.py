@@ -701,7 +701,8 @@ below its 90.1 % at 0.25. Without distillation, n = 4 is best over the 31-width 
 n = 5: 95.0, n = 3: 94.3, n = 2: 91.6), the paper's "n = 4, diminishing returns"; with distillation
 n = 3 is best (92.9 %) and n = 4, 5 are a little lower (92.2, 91.3). Every US-Net with n >= 3 beats
 the S-Net at the S-Net's own widths (e.g. n = 4 without distillation: 93.7 vs 84.3 % at 0.25, 96.0
-vs 93.1 % at 1.0), and it runs at all 31 widths after calibration.
+vs 93.1 % at 1.0), and it runs at all 31 widths after calibration. (The curves are steps because
+channel counts round to multiples of 8: the 64-channel layer has 7 distinct sizes over the grid.)
 
 **Does not reproduce: in-place distillation.** Here it hurts, at every n and at every width,
 including the full width that learns from the labels in both cases: n = 4 reaches 92.2 ± 0.5 % on
