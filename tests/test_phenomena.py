@@ -47,9 +47,10 @@ def test_naive_shared_bn_collapses_at_narrow_widths_switchable_bn_does_not(tmp_p
     widths = {"widths": [0.25, 0.5, 0.75, 1.0]}
     naive = run(tmp_path, "naive", **widths)
     slim = run(tmp_path, "slimmable", **widths)
-    for result in (naive, slim):  # both train: the full width is fine either way
-        assert top1(result, 1.0) > 0.9
-    assert top1(slim, 0.25) > 0.9
+    for width in (0.25, 0.5, 1.0):  # switchable BN: every width works
+        assert top1(slim, width) > 0.9
+    # shared BN: the full width still mostly works, the narrow one collapses
+    assert top1(naive, 1.0) > 0.5
     assert top1(naive, 0.25) < 0.6  # collapsed (chance is 0.1)
     assert top1(naive, 0.25) < top1(slim, 0.25) - 0.3
 

@@ -25,7 +25,7 @@ from slimmable.train import (
     train,
 )
 from slimmable.train.engine import build_model, cpu_threads
-from slimmable.train.loader import EpochSampler, World, epoch_seed
+from slimmable.train.loader import EpochSampler, World, batch_seed, epoch_seed
 
 
 def tiny(mode: str = "universal", **sections) -> object:
@@ -192,6 +192,7 @@ def test_one_step_is_algorithm_1_with_inplace_distillation(tmp_path):
     model, _ = build_model(cfg, info)
     sampler = EpochSampler(len(train_set), cfg.train.seed, 0)
     idx = list(sampler)[: cfg.train.batch_size]
+    train_set.seed_augmentation(batch_seed(cfg.train.seed, 0, 0))  # what the engine's loader does
     x = torch.stack([train_set[i][0] for i in idx])
     y = torch.tensor([train_set[i][1] for i in idx])
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)

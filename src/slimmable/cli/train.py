@@ -1,4 +1,9 @@
-"""``slimmable train CONFIG.yaml [--set key=value ...] [--out DIR] [--resume]``."""
+"""``slimmable train CONFIG.yaml [--set key=value ...] [--out DIR] [--resume]``.
+
+Data parallel: ``torchrun --nproc_per_node=N -m slimmable train CONFIG.yaml``. SIGTERM or
+SIGINT finishes the current step, writes the checkpoint and exits with 128 + the signal number
+(143 for SIGTERM, 130 for SIGINT); ``--resume`` continues.
+"""
 
 from __future__ import annotations
 
@@ -30,10 +35,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..train import load_config, train
+    from ..train.distributed import STOP_EXIT_BASE
     from ..train.engine import summary
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     result = train(cfg, out, resume=args.resume)
-    print(summary(result))
+    if result.signal is not None:  # preempted: checkpoint written, resume later
+        return STOP_EXIT_BASE + result.signal
+    if result.main:  # under torchrun only rank 0 prints
+        print(summary(result))
     return 0

@@ -19,6 +19,7 @@ import yaml
 
 MODES = ("slimmable", "universal", "naive", "individual")
 SCHEDULES = ("multistep", "exponential", "linear", "cosine")
+AMP = ("none", "bf16", "fp16")
 
 
 @dataclass
@@ -64,6 +65,9 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     progress: bool = True  # tqdm bar per epoch
     threads: int | None = None  # CPU threads while training (None: torch's default)
+    amp: str = "none"  # autocast: "none", "bf16" or "fp16" (fp16 adds a GradScaler)
+    channels_last: bool = False  # NHWC memory format (faster convs on recent GPUs)
+    compile: bool = False  # torch.compile the model (dynamic shapes: widths change them)
 
 
 @dataclass
@@ -167,6 +171,7 @@ def _validate(cfg: Config) -> Config:
     choices = {
         "train.mode": (t.mode, MODES),
         "train.schedule": (t.schedule, SCHEDULES),
+        "train.amp": (t.amp, AMP),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import random
+import signal
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from ..data import DataInfo, build_datasets
 from ..evaluate import _macs, default_widths, evaluate, format_table
 from ..models import create_model, list_models, model_factory
 from ..width import network_key, set_width, width_choices
+from . import distributed as ddp
 from .config import Config, config_from_dict, save_config
 from .loader import World, eval_loader, steps_per_epoch, train_loader
 from .losses import cross_entropy, soft_cross_entropy
@@ -59,7 +61,9 @@ class TrainResult:
     out_dir: Path
     checkpoint: Path
     metrics: list[dict] = field(default_factory=list)
-    finished: bool = True  # False when stopped early by ``stop_after_steps``
+    finished: bool = True  # False when stopped early (``stop_after_steps`` or a signal)
+    signal: int | None = None  # the signal (SIGTERM, SIGINT) that stopped the run, if any
+    main: bool = True  # whether this process is rank 0 (the one that writes and prints)
 
 
 # ---- set-up ----------------------------------------------------------------------------------
@@ -218,22 +222,44 @@ class RunLog:
 
 
 # ---- the engine ------------------------------------------------------------------------------
-def _to(batch: tuple[Tensor, Tensor], world: World) -> tuple[Tensor, Tensor]:
+def _to(batch: tuple[Tensor, Tensor], world: World, channels_last: bool) -> tuple[Tensor, Tensor]:
     x, y = batch
-    return x.to(world.device, non_blocking=True), y.to(world.device, non_blocking=True)
+    x = x.to(world.device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(world.device, non_blocking=True)
 
 
-def _backward(loss: Tensor) -> None:
-    # Gradients of all widths of a step accumulate here; a DDP wrapper would skip the
-    # all-reduce (no_sync) for every width but the last.
-    loss.backward()
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(amp: str, device: torch.device) -> torch.autocast:
+    """The forward's autocast context for ``train.amp`` (disabled for ``none``)."""
+    dtype = AMP_DTYPES.get(amp)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def calibrate_model(
-    model: nn.Module, dataset, widths: list[float], cfg: Config, *, progress: bool = False
+    model: nn.Module,
+    dataset,
+    widths: list[float],
+    cfg: Config,
+    *,
+    progress: bool = False,
+    world: World | None = None,
 ) -> None:
-    """BN post-statistics of ``widths`` from ``calibrate.images`` shuffled training images."""
+    """BN post-statistics of ``widths`` from ``calibrate.images`` shuffled training images.
+
+    With several ranks each calibrates its share of the batches and the statistics are
+    combined exactly (see :func:`.distributed.calibrate_sharded`).
+    """
     batch = cfg.calibrate.batch_size or cfg.train.batch_size
+    if world is not None and world.world_size > 1:
+        ddp.calibrate_sharded(
+            model, dataset, widths, world, batch_size=batch, images=cfg.calibrate.images,
+            seed=cfg.train.seed, workers=cfg.data.workers,
+        )  # fmt: skip
+        return
     loader = eval_loader(dataset, batch, workers=cfg.data.workers, shuffle_seed=cfg.train.seed)
     calibrate(model, loader, widths, max_images=cfg.calibrate.images, progress=progress)
 
@@ -272,14 +298,25 @@ def train(
     ``stop_after_steps`` stops after that many optimizer steps (as an interruption would),
     leaving a checkpoint to resume.
     """
+    owned = world is None  # joined here (torchrun environment): left here
     with cpu_threads(config.train.threads):
-        return _train(config, Path(out_dir), resume, stop_after_steps, world)
+        world = world or ddp.init_world(pick_device(config.train.device))
+        try:
+            with ddp.StopSignal().installed() as stop:
+                return _train(config, Path(out_dir), resume, stop_after_steps, world, stop)
+        finally:
+            if owned:
+                ddp.shutdown(world)
 
 
 def _train(
-    cfg: Config, out_dir: Path, resume: bool, stop_after_steps: int | None, world: World | None
+    cfg: Config,
+    out_dir: Path,
+    resume: bool,
+    stop_after_steps: int | None,
+    world: World,
+    signals: ddp.StopSignal,
 ) -> TrainResult:
-    world = world or World(device=pick_device(cfg.train.device))
     tc = cfg.train
     verbose = tc.progress and world.is_main
 
@@ -291,7 +328,10 @@ def _train(
     )  # fmt: skip
     model, spec = build_model(cfg, info)
     model.to(world.device)
+    if tc.channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, tc)
+    scaler = torch.amp.GradScaler(world.device.type, enabled=tc.amp == "fp16")
     n_steps = steps_per_epoch(train_set, tc.batch_size, world)
     schedule = build_schedule(tc, n_steps)
     sampler = WidthSampler(model, tc.mode, tc.num_sample_widths, tc.nonuniform, seed=tc.seed)
@@ -299,7 +339,17 @@ def _train(
     universal = width_choices(model) is None
     input_size = tuple(train_set[0][0].shape)
     macs = {w: _macs(model, input_size, w) for w in widths_eval}
-    test = eval_loader(test_set, cfg.eval.batch_size, workers=cfg.data.workers)
+    test_shard = ddp.eval_shard(test_set, world)  # each rank evaluates its share
+    test = eval_loader(test_shard, cfg.eval.batch_size, workers=cfg.data.workers)
+
+    def evaluate_all() -> list[dict]:
+        ddp.average_buffers(model, world)  # BN running statistics: the ranks' mean
+        if universal and tc.mode == "universal":
+            calibrate_model(model, train_set, widths_eval, cfg, world=world)
+        rows = ddp.reduce_eval(
+            evaluate(model, test, widths_eval, macs=False), len(test_shard), world
+        )
+        return [{**r, "macs": macs[r["width"]]} for r in rows]
 
     step, metrics, results = 0, [], []
     epoch_loss: dict[str, list[float]] = {}  # width label -> [sum, count] of this epoch
@@ -319,6 +369,8 @@ def _train(
         step, metrics = ckpt["step"], list(ckpt["metrics"])
         epoch_loss = {k: list(v) for k, v in ckpt["epoch_loss"].items()}
         results = list(ckpt.get("eval") or [])
+        if "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
@@ -349,10 +401,30 @@ def _train(
                 "metrics": metrics,
                 "eval": results,
                 "finished": finished,
+                **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
             },
         )
 
     total = tc.epochs * n_steps
+    # The network the steps run: DDP (one gradient all-reduce per step) and/or compiled.
+    # Widths are set, and calibration / evaluation / checkpoints run, on ``model`` itself.
+    net = ddp.wrap(model, world)
+    if tc.compile:  # widths change weight shapes: dynamic shapes avoid a graph per width
+        net = torch.compile(net, dynamic=True)
+
+    def stopped(signum: int | None) -> TrainResult:
+        checkpoint(finished=False)
+        log.close()
+        if signum is not None and world.is_main:
+            name = signal.Signals(signum).name
+            tqdm.write(
+                f"stopped by {name} after step {step}: checkpoint written to {ckpt_path}; "
+                "continue with --resume"
+            )
+        return TrainResult(
+            model, results, out_dir, ckpt_path, metrics, finished=False, signal=signum,
+            main=world.is_main,
+        )  # fmt: skip
 
     def stopping(step: int) -> bool:
         return stop_after_steps is not None and stop_after_steps <= step < total
@@ -371,29 +443,35 @@ def _train(
         t0, images = time.perf_counter(), 0
         for batch in loader:
             # -- one step: the widths of this step, largest first; gradients accumulate
-            x, y = _to(batch, world)
+            x, y = _to(batch, world, tc.channels_last)
             lr = schedule(step)
             set_lr(optimizer, lr)
             optimizer.zero_grad(set_to_none=True)
             teacher = None
             step_losses = []
-            for i, w in enumerate(sampler()):
-                with set_width(model, w):
-                    logits = model(x)
+            widths = sampler()
+            for i, w in enumerate(widths):
+                with set_width(model, w), autocast(tc.amp, world.device):
+                    logits = net(x)
+                logits = logits.float()
                 if teacher is None:  # the largest width learns from the labels
                     loss = cross_entropy(logits, y, tc.label_smoothing)
                     if tc.inplace_distill:
                         teacher = logits.detach().softmax(dim=1)
                 else:  # in-place distillation: the others learn from the largest
                     loss = soft_cross_entropy(logits, teacher)
-                _backward(loss)
+                ddp.width_backward(net, loss, last=i == len(widths) - 1, scale=scaler.scale)
                 fixed = sampler.switches is not None or i < 2  # largest, smallest, S switches
                 step_losses.append((f"{w:g}" if fixed else "random", loss.detach()))
-            optimizer.step()
+            scaler.step(optimizer)  # optimizer.step(), unless fp16 gradients overflowed
+            scaler.update()
             step += 1
 
-            # -- log
-            values = torch.stack([v for _, v in step_losses]).tolist()
+            # -- log (losses averaged over ranks; all ranks agree whether to stop)
+            losses, stop = ddp.reduce_step(
+                torch.stack([v for _, v in step_losses]), signals.signum is not None, world
+            )
+            values = losses.tolist()
             for (key, _), value in zip(step_losses, values, strict=True):
                 acc = epoch_loss.setdefault(key, [0.0, 0])
                 acc[0] += value
@@ -403,11 +481,12 @@ def _train(
             bar.set_postfix(
                 loss=f"{values[0]:.3f}", img_s=f"{images / (time.perf_counter() - t0):.0f}"
             )
+            if stop:  # SIGTERM / SIGINT: finish this step, save, leave
+                bar.close()
+                return stopped(signals.signum or signal.SIGTERM)
             if stopping(step) and step % n_steps:  # at an epoch's end, stop after its eval
                 bar.close()
-                checkpoint(finished=False)
-                log.close()
-                return TrainResult(model, results, out_dir, ckpt_path, metrics, finished=False)
+                return stopped(None)
         bar.close()
         seconds = time.perf_counter() - t0
 
@@ -423,24 +502,17 @@ def _train(
         }
         epoch_loss = {}
         if done == tc.epochs or (cfg.eval.every and done % cfg.eval.every == 0):
-            if universal and tc.mode == "universal":
-                calibrate_model(model, train_set, widths_eval, cfg)
-            results = evaluate(model, test, widths_eval, macs=False)
-            for r in results:
-                r["macs"] = macs[r["width"]]
+            results = evaluate_all()
             row["eval"] = [{k: r[k] for k in ("width", "top1", "top5", "loss")} for r in results]
         metrics.append(row)
         log.epoch(row)
         checkpoint(finished=done == tc.epochs)
         if stopping(step):
-            log.close()
-            return TrainResult(model, results, out_dir, ckpt_path, metrics, finished=False)
+            return stopped(None)
     log.close()
 
     if not results:  # resumed a finished run without its evaluation
-        if universal and tc.mode == "universal":
-            calibrate_model(model, train_set, widths_eval, cfg)
-        results = [{**r, "macs": macs[r["width"]]} for r in evaluate(model, test, widths_eval)]
+        results = evaluate_all()
     if world.is_main:
         from ..evaluate import json_report
         from ..plot import plot_accuracy
@@ -448,7 +520,7 @@ def _train(
         with open(out_dir / "eval.json", "w") as f:
             json.dump(json_report(results), f, indent=2)
         plot_accuracy({tc.mode: results}, out_dir / PLOT, title=f"{spec['name']} ({tc.mode})")
-    return TrainResult(model, results, out_dir, ckpt_path, metrics, finished=True)
+    return TrainResult(model, results, out_dir, ckpt_path, metrics, main=world.is_main)
 
 
 def load_run_config(ckpt: Mapping[str, Any]) -> Config:

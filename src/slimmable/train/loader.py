@@ -103,7 +103,7 @@ def train_loader(
     )
     # Worker seeds come from this generator: augmentation is a function of (seed, epoch) too.
     worker_gen = torch.Generator().manual_seed(epoch_seed(seed, epoch) ^ 0x5EED)
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -113,6 +113,35 @@ def train_loader(
         pin_memory=world.device.type == "cuda",
         persistent_workers=False,
     )
+    if workers == 0 and hasattr(dataset, "seed_augmentation"):
+        return BatchSeededLoader(loader, seed, epoch, skip_batches)  # type: ignore[return-value]
+    return loader
+
+
+def batch_seed(seed: int, epoch: int, batch: int) -> int:
+    """Augmentation seed of one training batch: a function of ``(seed, epoch, batch)``."""
+    return epoch_seed(seed, epoch) * _EPOCH_STRIDE + batch
+
+
+class BatchSeededLoader:
+    """A single-process training loader whose augmentation restarts at every batch.
+
+    Each batch's augmentation draws from ``batch_seed(seed, epoch, batch)``, so a run resumed in
+    the middle of an epoch draws exactly what the uninterrupted run drew.
+    """
+
+    def __init__(self, loader: DataLoader, seed: int, epoch: int, first_batch: int) -> None:
+        self.loader, self.seed, self.epoch, self.first_batch = loader, seed, epoch, first_batch
+        self.dataset = loader.dataset
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        batches = iter(self.loader)
+        for batch in range(self.first_batch, self.first_batch + len(self.loader)):
+            self.dataset.seed_augmentation(batch_seed(self.seed, self.epoch, batch))
+            yield next(batches)
 
 
 def eval_loader(

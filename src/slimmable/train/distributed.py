@@ -1,0 +1,231 @@
+"""Data parallel training under ``torchrun``: process group, DDP wrapper, reductions, signals.
+
+Everything that talks to other ranks lives here, so the loop in :mod:`.engine` only calls
+small functions that are no-ops in a single process:
+
+- :func:`init_world` reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``)
+  and joins the process group (NCCL on CUDA, gloo on CPU).
+- :func:`wrap` puts the model in ``DistributedDataParallel`` with ``broadcast_buffers=False``:
+  US batch-norm calibration buffers change shape as widths are calibrated, which DDP's
+  per-forward buffer broadcast cannot follow. Calibration and evaluation run on the
+  unwrapped module.
+- :func:`width_backward` skips the gradient all-reduce (``no_sync``) for every width of a step
+  but the last: one synchronisation per optimizer step however many widths it trains.
+- :func:`calibrate_sharded` lets each rank calibrate on its share of the calibration batches
+  and then combines the per-width cumulative moving averages exactly (they are means over
+  batches: weight each rank's by its batch count), which equals one process calibrating on
+  all of those batches.
+- :func:`reduce_eval` sums hits and losses over the ranks' shards of the test set.
+- :class:`StopSignal` turns SIGTERM/SIGINT into a flag the loop checks after each step; all
+  ranks agree on it (an all-reduce of one integer) so they stop at the same step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from types import FrameType
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset, Subset
+
+from ..calibrate import calibrate
+from ..layers import SwitchableBatchNorm2d, USBatchNorm2d
+from .loader import World, eval_loader
+
+# Exit status of a run stopped by a signal: 128 + signal number, as a shell reports a process
+# killed by it (SIGTERM: 143, SIGINT: 130); job scripts requeue on it and resume.
+STOP_EXIT_BASE = 128
+
+
+def is_distributed(world: World) -> bool:
+    return world.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+
+def init_world(device: torch.device) -> World:
+    """This process's :class:`World`: torchrun's rank and size, or one process.
+
+    Under torchrun (``WORLD_SIZE`` > 1) it joins the default process group and, on CUDA,
+    uses the GPU ``LOCAL_RANK``.
+    """
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World(device=device)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return World(rank=rank, world_size=size, device=device)
+
+
+def shutdown(world: World) -> None:
+    """Leave the process group (after the last collective)."""
+    if is_distributed(world):
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, world: World) -> nn.Module:
+    """``model`` in DDP when distributed, else ``model`` itself.
+
+    S-Nets with switchable BN leave the other widths' BN parameters unused in the last
+    width's backward, so DDP must look for unused parameters there (their gradients,
+    accumulated under ``no_sync``, are still all-reduced).
+    """
+    if not is_distributed(world):
+        return model
+    unused = any(isinstance(m, SwitchableBatchNorm2d) for m in model.modules())
+    ids = [world.device.index] if world.device.type == "cuda" else None
+    return DistributedDataParallel(
+        model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=unused
+    )
+
+
+def width_backward(net: nn.Module, loss: Tensor, last: bool, scale=None) -> None:
+    """``loss.backward()``, all-reducing gradients only on the ``last`` width of the step."""
+    sync = nullcontext() if last or not isinstance(net, DistributedDataParallel) else net.no_sync()
+    with sync:
+        (scale(loss) if scale is not None else loss).backward()
+
+
+def average_buffers(model: nn.Module, world: World) -> None:
+    """Average BN running statistics over ranks (before evaluating or saving)."""
+    if not is_distributed(world):
+        return
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            for buf in (m.running_mean, m.running_var):
+                dist.all_reduce(buf)
+                buf.div_(world.world_size)
+
+
+def any_rank(flag: bool, world: World) -> bool:
+    """Whether ``flag`` holds on any rank (one tiny all-reduce)."""
+    if not is_distributed(world):
+        return flag
+    t = torch.tensor([int(flag)], device=world.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def calibrate_sharded(
+    model: nn.Module,
+    dataset: Dataset,
+    widths: Sequence[float],
+    world: World,
+    *,
+    batch_size: int,
+    images: int,
+    seed: int,
+    workers: int = 0,
+) -> None:
+    """Calibrate ``widths`` on ``images`` shuffled images split between the ranks.
+
+    Rank ``r`` takes batches ``r, r + N, ...`` of one shuffled loader; the per-width CMA
+    statistics (means of per-batch mean and variance) are combined weighted by batch counts.
+    """
+    loader = eval_loader(dataset, batch_size, workers=workers, shuffle_seed=seed)
+    n_batches = -(-images // batch_size)
+
+    def mine() -> Iterator[Tensor]:
+        for i, (x, _) in enumerate(loader):
+            if i >= n_batches:
+                return
+            if i % world.world_size == world.rank:
+                yield x[: images - i * batch_size]  # the last batch as one process cuts it
+
+    keys = calibrate(model, mine(), widths, max_images=None)
+    if not is_distributed(world):
+        return
+    for bn in (m for m in model.modules() if isinstance(m, USBatchNorm2d)):
+        for key in keys:
+            hit = (bn.calib_keys == key).nonzero()
+            # a rank that got no batch has no slot yet: a new one adds nothing (count 0)
+            slot = bn._new_slot(key) if len(hit) == 0 else int(hit[0, 0])
+            count = bn.calib_batches[slot : slot + 1].to(bn.calib_mean.dtype)
+            packed = torch.cat([bn.calib_mean[slot] * count, bn.calib_var[slot] * count, count])
+            dist.all_reduce(packed)
+            total = packed[-1].clamp_min(1)
+            c = bn.num_features
+            bn.calib_mean[slot] = packed[:c] / total
+            bn.calib_var[slot] = packed[c : 2 * c] / total
+            bn.calib_batches[slot] = packed[-1].long()
+
+
+def eval_shard(dataset: Dataset, world: World) -> Dataset:
+    """This rank's share of the test set: items ``rank, rank + N, ...`` (every item once)."""
+    if world.world_size <= 1:
+        return dataset
+    return Subset(dataset, range(world.rank, len(dataset), world.world_size))  # type: ignore[arg-type]
+
+
+def reduce_step(losses: Tensor, stop: bool, world: World) -> tuple[Tensor, bool]:
+    """Step losses averaged over ranks, and whether any rank was asked to stop: one all-reduce."""
+    if not is_distributed(world):
+        return losses, stop
+    packed = torch.cat([losses.float(), losses.new_tensor([float(stop)], dtype=torch.float32)])
+    dist.all_reduce(packed)
+    return packed[:-1] / world.world_size, bool(packed[-1].item() > 0)
+
+
+def reduce_eval(results: list[dict], seen: int, world: World) -> list[dict]:
+    """Per-width metrics of all ranks' shards, from each rank's metrics over ``seen`` images."""
+    if not is_distributed(world):
+        return results
+    keys = ("top1", "top5", "loss")
+    sums = torch.tensor(
+        [[r[k] * seen for k in keys] for r in results] + [[float(seen)] * 3], dtype=torch.float64
+    )
+    dist.all_reduce(sums)
+    total = sums[-1, 0].item()
+    return [
+        {**r, **{k: sums[i, j].item() / total for j, k in enumerate(keys)}}
+        for i, r in enumerate(results)
+    ]
+
+
+class StopSignal:
+    """Catch SIGTERM and SIGINT inside the block: set :attr:`signum` instead of dying.
+
+    The loop finishes the current step, writes a checkpoint and returns; a second signal of
+    the same kind falls through to the previous handler (a hard stop).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:  # asked twice: stop now
+            previous = self._previous.get(signum)
+            signal.signal(signum, previous if callable(previous) else signal.SIG_DFL)  # type: ignore[arg-type]
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+
+    @contextmanager
+    def installed(self) -> Iterator[StopSignal]:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signals reach only the main thread; nothing to install
+            return
+        for s in self.SIGNALS:
+            self._previous[s] = signal.signal(s, self._handle)
+        try:
+            yield self
+        finally:
+            for s, h in self._previous.items():
+                signal.signal(s, h)  # type: ignore[arg-type]
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
