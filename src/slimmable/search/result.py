@@ -3,16 +3,17 @@
 Per MACs target, the file holds the channels of every knob layer and the equivalent width map
 (``{layer: width}``), which :func:`slimmable.set_width`, ``extract_subnet``, ``profile`` and
 ``slimmable eval --widths`` take as a nonuniform width, and which the ``autoslim_*`` models take
-(``channels=``) to build a network at exactly those channels::
+(``channels=``) to build a network at exactly those channels. Layout (docs/autoslim.md shows a
+real one)::
 
-    {"format": "slimmable-search", "version": 1, "model": "us_small_cnn", "model_kwargs": {},
-     "input_size": [1, 8, 8], "divisor": 8, "metric": "accuracy", "per_mac": false,
-     "num_images": 512,
-     "full_macs": 610304, "min_macs": 48000, "groups": [["features.0"], ...],
-     "results": [{"target": "50%", "target_macs": 305152, "macs": 300032,
-                  "channels": {"features.0": 32, ...}, "width_map": {"features.0": 1.0, ...},
-                  "val_accuracy": 0.98, "val_loss": 0.07, "step": 9}],
-     "trace": [{"step": 0, "layers": [], "channels": null, "macs": 610304, ...}, ...]}
+    {"format": "slimmable-search", "version": 1, "model": name, "model_kwargs": {...},
+     "input_size": [C, H, W], "divisor": 8, "metric": "accuracy", "per_mac": false,
+     "num_images": int, "full_macs": int, "min_macs": int, "groups": [[layer, ...], ...],
+     "results": [{"target": "150M", "target_macs": int, "macs": int, "channels": {layer: int},
+                  "width_map": {layer: float}, "val_accuracy": float, "val_loss": float,
+                  "step": int}, ...],
+     "trace": [{"step": 0, "layers": [], "channels": {layer: int}, "macs": int, ...},
+               {"step": 1, "layers": [layer, ...], "channels": int, "macs": int, ...}, ...]}
 """
 
 from __future__ import annotations
