@@ -487,6 +487,52 @@ def test_search_command_writes_json_for_the_other_tools(us_checkpoint, tmp_path,
     assert count_macs(net, (1, 8, 8)) == result.result("300k").macs
 
 
+def test_search_result_feeds_eval_extract_and_export(us_checkpoint, tmp_path, capsys):
+    import json
+
+    from slimmable.checkpoint import load_model
+    from slimmable.cli import main
+
+    out = tmp_path / "search.json"
+    args = ["search", str(us_checkpoint), "--targets", "50%", "--batches", "1"]
+    assert main([*args, "--batch-size", "64", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    # eval: the searched configuration as a nonuniform width, calibrated first
+    assert (
+        main(["eval", str(us_checkpoint), "--widths", "1.0", "--search", str(out), "--json"]) == 0
+    )
+    rows = json.loads(capsys.readouterr().out)["widths"]
+    assert rows[0]["width"] == 1.0 and rows[1]["width"] is None
+    assert rows[1]["width_map"] == load_search(out)
+    assert rows[1]["macs"] == read_search(out).result().macs < rows[0]["macs"]
+    assert 0.0 <= rows[1]["top1"] <= rows[1]["top5"] <= 1.0
+    # extract_subnet: the same outputs as the slimmable model at that configuration
+    model = load_model(us_checkpoint)
+    widths = load_search(out)
+    x = torch.randn(4, 1, 8, 8)
+    calibrate(model, [torch.randn(64, 1, 8, 8)], [widths])
+    net = slimmable.extract_subnet(model, widths, input_size=(1, 8, 8))
+    with torch.no_grad(), set_width(model.eval(), widths):
+        torch.testing.assert_close(net(x), model(x), rtol=0, atol=1e-5)
+    # export accepts the map as a JSON file
+    (tmp_path / "map.json").write_text(json.dumps(widths))
+    onnx_out = tmp_path / "net.onnx"
+    assert (
+        main(
+            [
+                "export",
+                str(us_checkpoint),
+                "--width",
+                str(tmp_path / "map.json"),
+                "--out",
+                str(onnx_out),
+            ]
+        )
+        == 2  # the checkpoint holds no statistics for this map: a clear error
+    )
+    assert "calibrat" in capsys.readouterr().err
+
+
 def test_search_command_errors_are_one_line(us_checkpoint, tmp_path, capsys):
     from slimmable.cli import main
 

@@ -4,7 +4,7 @@ Slimmable networks (switchable BN), universally slimmable networks (any width, s
 in-place distillation, post-training BN calibration) and AutoSlim channel search, for PyTorch.
 """
 
-from .calibrate import calibrate, calibrated_widths
+from .calibrate import calibrate, calibrated_widths, is_calibrated
 from .evaluate import evaluate
 from .export import extract_subnet
 from .latency import measure_latency
@@ -49,6 +49,7 @@ __all__ = [
     "evaluate",
     "extract_subnet",
     "get_width",
+    "is_calibrated",
     "list_models",
     "load_official",
     "load_search",

@@ -84,3 +84,10 @@ def calibrated_widths(model: nn.Module) -> list[float]:
         return []
     common = set.intersection(*(set(bn.calibrated_keys()) for bn in norms))
     return sorted(k / 1_000_000 for k in common if k > 0)
+
+
+def is_calibrated(model: nn.Module, width: Width) -> bool:
+    """Whether every US BN layer of ``model`` holds statistics for ``width`` (uniform or map)."""
+    key = network_key(model, width)
+    norms = [m for _, m in width_modules(model) if isinstance(m, USBatchNorm2d)]
+    return all(key in bn.calibrated_keys() for bn in norms)

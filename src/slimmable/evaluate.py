@@ -7,17 +7,17 @@ width: ``{"width", "top1", "top5", "loss", "macs"}`` (accuracies as fractions in
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .width import set_width, width_bounds, width_choices
+from .width import Width, set_width, width_bounds, width_choices
 
 
-def _macs(model: nn.Module, input_size: Sequence[int], width: float) -> int:
+def _macs(model: nn.Module, input_size: Sequence[int], width: Width) -> int:
     """Multiply-accumulates of one ``input_size`` (C, H, W) image at ``width``.
 
     Counted by ``torch.utils.flop_counter`` (convolutions and matrix products, 1 MAC = 2 FLOPs),
@@ -96,7 +96,7 @@ def default_widths(model: nn.Module, count: int = 8) -> list[float]:
 def evaluate(
     model: nn.Module,
     loader: Iterable,
-    widths: Sequence[float],
+    widths: Sequence[Width],
     *,
     macs: bool = True,
     input_size: Sequence[int] | None = None,
@@ -105,12 +105,14 @@ def evaluate(
     """Top-1, top-5, mean loss and (with ``macs``) MACs of ``model`` at every width.
 
     ``loader`` yields ``(images, labels)``; each batch is loaded once and run at every width.
-    ``input_size`` (C, H, W) for the MAC count defaults to the first batch's image size.
+    A width may be a nonuniform ``{layer: width}`` map: its row has ``"width": None`` and the
+    map under ``"width_map"``. ``input_size`` (C, H, W) for the MAC count defaults to the first
+    batch's image size.
     """
     if not widths:
         raise ValueError("evaluate needs at least one width")
     device = next(model.parameters()).device
-    totals = {w: [0, 0, 0.0] for w in widths}  # top-1 hits, top-5 hits, summed loss
+    totals = [[0, 0, 0.0] for _ in widths]  # per width: top-1 hits, top-5 hits, summed loss
     seen = 0
     was_training = model.training
     model.eval()
@@ -121,24 +123,26 @@ def evaluate(
                     input_size = tuple(images.shape[1:])
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
-                for w in widths:
+                for i, w in enumerate(widths):
                     with set_width(model, w):
                         logits = model(images)
                     k = min(5, logits.shape[1])
                     top = logits.topk(k, dim=1).indices
                     hits = top == labels[:, None]
-                    totals[w][0] += int(hits[:, 0].sum())
-                    totals[w][1] += int(hits.any(dim=1).sum())
-                    totals[w][2] += float(F.cross_entropy(logits, labels, reduction="sum"))
+                    totals[i][0] += int(hits[:, 0].sum())
+                    totals[i][1] += int(hits.any(dim=1).sum())
+                    totals[i][2] += float(F.cross_entropy(logits, labels, reduction="sum"))
                 seen += len(labels)
     finally:
         model.train(was_training)
     if seen == 0:
         raise ValueError("evaluation got no images: the test set is empty")
     results = []
-    for w in widths:
-        top1, top5, loss = totals[w]
-        row: dict = {"width": float(w), "top1": top1 / seen, "top5": top5 / seen}
+    for w, (top1, top5, loss) in zip(widths, totals, strict=True):
+        row: dict = {"width": None if isinstance(w, Mapping) else float(w)}
+        if isinstance(w, Mapping):
+            row["width_map"] = dict(w)
+        row.update(top1=top1 / seen, top5=top5 / seen)
         if macs:
             assert input_size is not None
             row["macs"] = int(_macs(model, input_size, w))
@@ -159,13 +163,12 @@ def format_table(results: Sequence[dict]) -> str:
     lines = [f"{'width':>7}  {'MACs':>9}  {'top-1':>7}  {'top-5':>7}"]
     for r in results:
         macs = format_macs(r["macs"]) if "macs" in r else "-"
-        lines.append(
-            f"{r['width']:>7.3f}  {macs:>9}  {100 * r['top1']:>6.2f}%  {100 * r['top5']:>6.2f}%"
-        )
+        width = "map" if r["width"] is None else f"{r['width']:.3f}"
+        lines.append(f"{width:>7}  {macs:>9}  {100 * r['top1']:>6.2f}%  {100 * r['top5']:>6.2f}%")
     return "\n".join(lines)
 
 
 def json_report(results: Sequence[dict]) -> dict:
     """The ``slimmable eval --json`` schema: ``{"widths": [{width, top1, top5, macs}]}``."""
-    keys = ("width", "top1", "top5", "macs")
+    keys = ("width", "width_map", "top1", "top5", "macs")
     return {"widths": [{k: r[k] for k in keys if k in r} for r in results]}

@@ -40,7 +40,7 @@ def plot_accuracy(
             if len(rows) <= 12:
                 for r, xi, yi in zip(rows, x, y, strict=True):
                     ax.annotate(
-                        f"{r['width']:g}",
+                        "map" if r["width"] is None else f"{r['width']:g}",
                         (xi, yi),
                         textcoords="offset points",
                         xytext=(3, -10),

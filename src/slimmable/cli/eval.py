@@ -27,6 +27,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="US widths without statistics: calibrate them (default), use the shared running "
         "statistics (what goes wrong without calibration), or fail",
     )  # fmt: skip
+    p.add_argument(
+        "--width-map",
+        action="append",
+        default=[],
+        metavar="MAP",
+        help="also a nonuniform width: a JSON {layer: width} map or a file of one (repeatable)",
+    )
+    p.add_argument(
+        "--search",
+        metavar="FILE",
+        help="also the configurations of an AutoSlim result (`slimmable search` output)",
+    )
+    p.add_argument("--target", help="with --search: only this target (default: all of them)")
     p.add_argument("--batch-size", type=int, help="evaluation batch size")
     p.add_argument("--data-path", help="where the data set lives (default: the config's)")
     p.add_argument("--progress", action="store_true", help="show progress bars")
@@ -35,26 +48,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..calibrate import calibrated_widths
+    from ..calibrate import is_calibrated
     from ..checkpoint import load_checkpoint, model_from_checkpoint
     from ..data import build_datasets
     from ..evaluate import evaluate, format_table, json_report, parse_widths
     from ..plot import plot_accuracy
+    from ..search import read_search
     from ..train.engine import calibrate_model, eval_widths, load_run_config
     from ..train.loader import eval_loader
     from ..width import set_uncalibrated, width_choices
+    from .export import parse_width
 
     ckpt = load_checkpoint(args.checkpoint)
     cfg = load_run_config(ckpt)
     model = model_from_checkpoint(ckpt).eval()
-    widths = parse_widths(args.widths) if args.widths else eval_widths(cfg, model)
+    maps = [parse_width(text) for text in args.width_map]
+    if args.search:
+        found = read_search(args.search)
+        targets = [args.target] if args.target else [r.target for r in found.results]
+        maps += [found.width_map(t) for t in targets]
+    widths: list = parse_widths(args.widths) if args.widths or not maps else []
+    if not args.widths and not maps:
+        widths = eval_widths(cfg, model)
+    widths += maps
     train_set, test_set, _ = build_datasets(
         cfg.data.name, args.data_path or cfg.data.path, image_size=cfg.data.image_size,
         augment=cfg.data.augment, seed=cfg.train.seed,
     )  # fmt: skip
     if width_choices(model) is None:  # a US model: calibrated statistics per width
-        done = {round(w, 6) for w in calibrated_widths(model)}
-        missing = [w for w in widths if round(w, 6) not in done]
+        missing = [w for w in widths if not is_calibrated(model, w)]
         if missing and args.uncalibrated == "calibrate":
             print(f"calibrating {len(missing)} widths first", file=sys.stderr)
             calibrate_model(model, train_set, missing, cfg, progress=args.progress)
