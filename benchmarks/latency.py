@@ -88,9 +88,6 @@ def measure_model(name: str, batches: list[int], size: int, rounds: dict[int, in
                 "inplace_ratio": paired_ratio(times["in-place"], times["extracted"]),
                 "folded_ratio": paired_ratio(times["folded"], times["extracted"]),
                 "ratio_of_medians": ms["in-place"] / ms["extracted"],
-                # the fastest round of each: noise only adds time, so this is a second,
-                # independent estimate of the pure cost ratio
-                "ratio_of_minima": min(times["in-place"]) / min(times["extracted"]),
                 "rounds": rounds[batch],
             }
             row["meets_target"] = (
@@ -120,18 +117,17 @@ def markdown(rows: list[dict], env: dict, command: str) -> str:
         f"Measured with `{command}` (torch {env['torch']}, {env['threads']} intra-op thread(s), "
         f"{env['cpu_count']} cores shared with other work, load average "
         f"{env['load_average'][0]:.1f} at start and {env['load_average_end'][0]:.1f} at the end; "
-        "times: medians of interleaved rounds; ratios: medians of the per-round ratios, and the "
-        "ratio of the fastest rounds).",
+        "times: medians of interleaved rounds; ratios: medians of the per-round ratios).",
         "",
         "| model | width | batch | in-place ms | extracted ms | folded ms | in-place / extracted "
-        "| (fastest rounds) | folded / extracted |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| folded / extracted |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['width']:g} | {r['batch']} | {r['in-place_ms']:.2f} | "
             f"{r['extracted_ms']:.2f} | {r['folded_ms']:.2f} | {r['inplace_ratio']:.3f} | "
-            f"{r['ratio_of_minima']:.3f} | {r['folded_ratio']:.3f} |"
+            f"{r['folded_ratio']:.3f} |"
         )
     return "\n".join(lines)
 
