@@ -67,8 +67,12 @@ def run(args: argparse.Namespace) -> int:
         found = read_search(args.search)
         targets = [args.target] if args.target else [r.target for r in found.results]
         maps += [found.width_map(t) for t in targets]
-    widths: list = parse_widths(args.widths) if args.widths or not maps else []
-    if not args.widths and not maps:
+    widths: list
+    if args.widths:
+        widths = parse_widths(args.widths)
+    elif maps:
+        widths = []
+    else:
         widths = eval_widths(cfg, model)
     widths += maps
     train_set, test_set, _ = build_datasets(
