@@ -169,3 +169,37 @@ def test_killed_rank_leaves_a_loadable_checkpoint(tmp_path):
     ckpt = load_checkpoint(ckpt_path)
     assert ckpt["step"] > 0 and ckpt["step"] % 22 == 0  # written at an epoch's end, whole
     assert not list(ckpt_path.parent.glob(".checkpoint.pt.*.tmp"))
+
+
+def test_one_gradient_all_reduce_per_step_however_many_widths(tmp_path):
+    """DDP decides in forward whether backward all-reduces: ``width_sync`` must cover both."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from slimmable.models import create_model
+    from slimmable.train.distributed import width_sync
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        model = create_model("us_small_cnn", num_classes=10, in_chans=1)
+        net = DistributedDataParallel(model, bucket_cap_mb=1000)  # one bucket: one call per sync
+        syncs = []
+
+        def count(state, bucket):
+            syncs.append(bucket.index())
+            done = torch.futures.Future()
+            done.set_result(bucket.buffer())
+            return done
+
+        net.register_comm_hook(None, count)
+        x = torch.randn(8, 1, 8, 8)
+        widths = [1.0, 0.25, 0.6, 0.4]
+        for step in range(2):
+            for i, w in enumerate(widths):
+                with width_sync(net, last=i == len(widths) - 1), set_width(model, w):
+                    net(x).square().mean().backward()
+            assert len(syncs) == step + 1  # one all-reduce for the four widths of this step
+    finally:
+        dist.destroy_process_group()

@@ -9,8 +9,9 @@ small functions that are no-ops in a single process:
   US batch-norm calibration buffers change shape as widths are calibrated, which DDP's
   per-forward buffer broadcast cannot follow. Calibration and evaluation run on the
   unwrapped module.
-- :func:`width_backward` skips the gradient all-reduce (``no_sync``) for every width of a step
-  but the last: one synchronisation per optimizer step however many widths it trains.
+- :func:`width_sync` skips the gradient all-reduce (``no_sync`` around forward and backward)
+  for every width of a step but the last: one synchronisation per optimizer step however many
+  widths it trains.
 - :func:`calibrate_sharded` lets each rank calibrate on its share of the calibration batches
   and then combines the per-width cumulative moving averages exactly (they are means over
   batches: weight each rank's by its batch count), which equals one process calibrating on
@@ -25,7 +26,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import FrameType
 
 import torch
@@ -87,11 +88,22 @@ def wrap(model: nn.Module, world: World) -> nn.Module:
     )
 
 
-def width_backward(net: nn.Module, loss: Tensor, last: bool, scale=None) -> None:
-    """``loss.backward()``, all-reducing gradients only on the ``last`` width of the step."""
-    sync = nullcontext() if last or not isinstance(net, DistributedDataParallel) else net.no_sync()
-    with sync:
-        (scale(loss) if scale is not None else loss).backward()
+def unwrap_ddp(net: nn.Module) -> DistributedDataParallel | None:
+    """The DDP module inside ``net`` (itself, or under ``torch.compile``), else ``None``."""
+    inner = getattr(net, "_orig_mod", net)  # torch.compile's OptimizedModule keeps it here
+    return inner if isinstance(inner, DistributedDataParallel) else None
+
+
+def width_sync(net: nn.Module, last: bool) -> AbstractContextManager:
+    """Context for one width's forward *and* backward: gradients are all-reduced only on the
+    ``last`` width of a step.
+
+    DDP decides in forward whether the following backward all-reduces, so both must run
+    inside ``no_sync`` for the widths before the last; the last width's all-reduce then
+    carries the gradients accumulated over all of them.
+    """
+    ddp = unwrap_ddp(net)
+    return nullcontext() if last or ddp is None else ddp.no_sync()
 
 
 def average_buffers(model: nn.Module, world: World) -> None:

@@ -451,16 +451,18 @@ def _train(
             step_losses = []
             widths = sampler()
             for i, w in enumerate(widths):
-                with set_width(model, w), autocast(tc.amp, world.device):
-                    logits = net(x)
-                logits = logits.float()
-                if teacher is None:  # the largest width learns from the labels
-                    loss = cross_entropy(logits, y, tc.label_smoothing)
-                    if tc.inplace_distill:
-                        teacher = logits.detach().softmax(dim=1)
-                else:  # in-place distillation: the others learn from the largest
-                    loss = soft_cross_entropy(logits, teacher)
-                ddp.width_backward(net, loss, last=i == len(widths) - 1, scale=scaler.scale)
+                # one gradient all-reduce per step: the widths before the last run in no_sync
+                with ddp.width_sync(net, last=i == len(widths) - 1), set_width(model, w):
+                    with autocast(tc.amp, world.device):
+                        logits = net(x)
+                    logits = logits.float()
+                    if teacher is None:  # the largest width learns from the labels
+                        loss = cross_entropy(logits, y, tc.label_smoothing)
+                        if tc.inplace_distill:
+                            teacher = logits.detach().softmax(dim=1)
+                    else:  # in-place distillation: the others learn from the largest
+                        loss = soft_cross_entropy(logits, teacher)
+                    scaler.scale(loss).backward()
                 fixed = sampler.switches is not None or i < 2  # largest, smallest, S switches
                 step_losses.append((f"{w:g}" if fixed else "random", loss.detach()))
             scaler.step(optimizer)  # optimizer.step(), unless fp16 gradients overflowed
