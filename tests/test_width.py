@@ -56,6 +56,25 @@ def test_context_manager_restores_previous_width():
     assert model.features[1].stats_key == key
 
 
+def test_active_channels_follow_every_width_change():
+    """``active_out`` (what compiled code reads) always equals the channels at ``width``."""
+    from slimmable.layers.base import WidthMixin
+
+    model = create_model("us_mobilenet_v2_cifar", num_classes=10)
+
+    def in_sync() -> bool:
+        layers = [m for m in model.modules() if isinstance(m, WidthMixin)]
+        return all(m.active_out == m.channels_at(m.width) for m in layers)
+
+    assert in_sync()
+    for width in (0.5, {"features.3.body.0": 0.4, "*": 0.7}, 0.35, 0.5):  # 0.5 again: cached
+        set_width(model, width)
+        assert in_sync()
+        with set_width(model, 1.0):
+            assert in_sync()
+        assert in_sync()
+
+
 def test_invalid_widths_name_what_is_allowed():
     us = create_model("us_small_cnn", num_classes=10)
     with pytest.raises(ValueError, match=r"outside .* range \[0.25, 1\]"):

@@ -5,6 +5,7 @@ in-place distillation, post-training BN calibration) and AutoSlim channel search
 """
 
 from .calibrate import calibrate, calibrated_widths, is_calibrated
+from .compile import compile_slimmable
 from .evaluate import evaluate
 from .export import extract_subnet
 from .latency import measure_latency
@@ -45,6 +46,7 @@ __all__ = [
     "autoslim",
     "calibrate",
     "calibrated_widths",
+    "compile_slimmable",
     "create_model",
     "evaluate",
     "extract_subnet",

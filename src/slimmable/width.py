@@ -43,7 +43,7 @@ class _WidthIndex:
         self.modules: list[tuple[str, nn.Module]] = []
         self.plain: list[dict | None] = []  # per width module: its __dict__ if attrs are plain
         self.has_policy: list[bool] = []
-        self.plans: OrderedDict[float, tuple[list, list]] = OrderedDict()
+        self.plans: OrderedDict[float, tuple[list, list, list]] = OrderedDict()
         if model is not None:
             named = list(model.named_modules())
             self.snapshot = [(m, dict(m._modules)) for _, m in named]
@@ -68,12 +68,12 @@ class _WidthIndex:
 
 
 def _plain_attrs(m: nn.Module) -> dict | None:
-    """``m.__dict__`` when ``width`` and ``stats_key`` are plain instance attributes or absent.
+    """``m.__dict__`` when ``width``, ``stats_key`` and ``active_out`` are plain (or absent).
 
     Such attributes can be read and written in the instance dict directly, which is what
     ``nn.Module.__setattr__`` / ``__getattr__`` end up doing for them, minus their checks.
     """
-    for name in ("width", "stats_key"):
+    for name in ("width", "stats_key", "active_out"):
         if hasattr(type(m), name):
             return None
         if name in m._parameters or name in m._buffers or name in m._modules:
@@ -190,7 +190,7 @@ class WidthSetting:
     def __init__(
         self,
         model: nn.Module,
-        previous: dict[str, tuple[float, int | None]],
+        previous: dict[str, tuple[float, int | None, int | None]],
         index: _WidthIndex | None = None,
     ) -> None:
         self._model = model
@@ -210,30 +210,33 @@ class WidthSetting:
         if index is self._index:  # same modules: restore through the index's fast path
             entries = zip(index.modules, index.plain, index.has_policy, strict=True)
             for (name, m), d, has_policy in entries:
-                w, key = self._previous[name]
-                _assign(m, d, w if has_policy else None, key)
+                w, key, active = self._previous[name]
+                _assign(m, d, w if has_policy else None, key, active)
             return
         modules = dict(index.modules)
-        for name, (w, key) in self._previous.items():
+        for name, (w, key, active) in self._previous.items():
             m = modules[name]
-            if hasattr(m, "policy"):
-                m.width = w
-            if key is not None:
-                m.stats_key = key
+            _assign(m, None, w if hasattr(m, "policy") else None, key, active)
 
 
-def _assign(m: nn.Module, d: dict | None, width: float | None, key: int | None) -> None:
-    """Set ``m.width`` (unless ``None``) and ``m.stats_key`` (unless ``None``)."""
+def _assign(
+    m: nn.Module, d: dict | None, width: float | None, key: int | None, active: int | None
+) -> None:
+    """Set ``m.width``, ``m.stats_key`` and ``m.active_out``, each unless ``None``."""
     if d is not None:  # plain attributes: the instance dict, without nn.Module's checks
         if width is not None:
             d["width"] = width
         if key is not None:
             d["stats_key"] = key
+        if active is not None:
+            d["active_out"] = active
         return
     if width is not None:
         m.width = width
     if key is not None:
         m.stats_key = key
+    if active is not None:
+        m.active_out = active
 
 
 def set_width(model: nn.Module, width: Width) -> WidthSetting:
@@ -253,20 +256,28 @@ def set_width(model: nn.Module, width: Width) -> WidthSetting:
         key = _key(model, resolved)
         widths = [resolved.get(name) for name, _ in index.modules]
         stats_keys = [key if isinstance(m, USBatchNorm2d) else None for _, m in index.modules]
-        plan = (widths, stats_keys)
+        actives = [  # output channels, for code that must not compute them (torch.compile)
+            m.channels_at(w) if w is not None and isinstance(m, WidthMixin) else None
+            for w, (_, m) in zip(widths, index.modules, strict=True)
+        ]
+        plan = (widths, stats_keys, actives)
         if not isinstance(width, Mapping):
             index.plans[float(width)] = plan
             if len(index.plans) > _PLANS_KEPT:
                 index.plans.popitem(last=False)
     else:
         index.plans.move_to_end(float(width))
-    previous: dict[str, tuple[float, int | None]] = {}
-    for (name, m), d, w, key in zip(index.modules, index.plain, *plan, strict=True):
+    previous: dict[str, tuple[float, int | None, int | None]] = {}
+    for (name, m), d, w, key, active in zip(index.modules, index.plain, *plan, strict=True):
         if d is not None:
-            previous[name] = (d.get("width", math.nan), d.get("stats_key"))
+            previous[name] = (d.get("width", math.nan), d.get("stats_key"), d.get("active_out"))
         else:
-            previous[name] = (getattr(m, "width", math.nan), getattr(m, "stats_key", None))
-        _assign(m, d, w, key)
+            previous[name] = (
+                getattr(m, "width", math.nan),
+                getattr(m, "stats_key", None),
+                getattr(m, "active_out", None),
+            )
+        _assign(m, d, w, key, active)
     return WidthSetting(model, previous, index)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from .channels import scale_channels
 from .width_policy import WidthList, WidthPolicy, WidthRange
 
@@ -18,12 +20,22 @@ def make_policy(widths: Sequence[float] | None, width_range: Sequence[float] | N
     return WidthRange(lo, hi)
 
 
+def is_compiling() -> bool:
+    """Whether ``torch.compile`` is tracing this code (never true on torch < 2.3)."""
+    check = getattr(torch.compiler, "is_compiling", None)
+    return check is not None and check()
+
+
 class WidthMixin:
     """A layer whose active output channels follow its ``width``.
 
     ``width`` is plain per-module state, set by :func:`slimmable.set_width`; there is no global
     switch. Input channels are never stored: a layer reads them from its input, so a nonuniform
     network (each layer at its own width) needs nothing more.
+
+    ``active_out`` holds the output channels at ``width``, set with it by ``set_width``:
+    compiled code reads this int (which ``torch.compile`` keeps symbolic) instead of deriving
+    it from the float ``width`` (which it would specialize on, one graph per width).
     """
 
     policy: WidthPolicy
@@ -32,6 +44,7 @@ class WidthMixin:
     ratio: int
     fixed_out: bool
     out_channels_list: tuple[int, ...] | None
+    active_out: int
 
     def _init_width(
         self,
@@ -57,6 +70,7 @@ class WidthMixin:
             self.out_channels_list = tuple(int(c) for c in out_channels_list)
         else:
             self.out_channels_list = None
+        self.active_out = self.channels_at(self.width)
 
     @property
     def is_width_knob(self) -> bool:
@@ -75,6 +89,12 @@ class WidthMixin:
             assert isinstance(self.policy, WidthList)
             return self.out_channels_list[self.policy.index(width)]
         return scale_channels(self._full_channels, width, self.divisor, self.ratio)
+
+    def active_channels(self) -> int:
+        """Output channels at the current width."""
+        if is_compiling():
+            return self.active_out
+        return self.channels_at(self.width)
 
     def _width_repr(self) -> str:
         parts = [repr(self.policy)]

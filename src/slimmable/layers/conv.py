@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import WidthMixin, make_policy
+from .base import WidthMixin, is_compiling, make_policy
+from .opaque import sliced_conv2d
 from .slicing import SliceCache, copied_prefix
 
 
@@ -84,7 +85,7 @@ class _WidthConv2d(WidthMixin, nn.Conv2d):
             )
         if self.depthwise:
             return in_channels * (self.out_channels // self.in_channels), 1, in_channels
-        out = self.channels_at(self.width)
+        out = self.active_channels()
         if in_channels % self.groups or out % self.groups:
             raise ValueError(
                 f"grouped conv (groups={self.groups}) got {in_channels} inputs and {out} outputs; "
@@ -109,14 +110,19 @@ class _WidthConv2d(WidthMixin, nn.Conv2d):
         return self._weight_cache.get(key, (params["weight"], params["bias"]), build)
 
     def forward(self, x: Tensor) -> Tensor:
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = (0, 0)
+        if is_compiling() and not isinstance(padding, str):  # one graph for every width
+            out, _, groups = self.active_shape(x.shape[1])
+            w, b = self.weight, self.bias
+            return sliced_conv2d(x, w, b, out, self.stride, padding, self.dilation, groups)
         if torch.is_grad_enabled():
             weight, bias, groups = self.active_weights(x.shape[1])
         else:
             weight, bias, groups = self._inference_weights(x.shape[1])
-        if self.padding_mode != "zeros":
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, groups)
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+        return F.conv2d(x, weight, bias, self.stride, padding, self.dilation, groups)
 
     def to_dense(self, in_channels: int) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` that computes what this layer computes now, for this many inputs.

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import WidthMixin, make_policy
+from .base import WidthMixin, is_compiling, make_policy
+from .opaque import sliced_linear
 from .slicing import SliceCache, copied_prefix
 
 
@@ -55,7 +56,7 @@ class _WidthLinear(WidthMixin, nn.Linear):
                 f"{type(self).__name__} expects {need} {self.in_features} input features, "
                 f"got {in_features}; the previous layer's width does not match this one"
             )
-        return self.channels_at(self.width), in_features
+        return self.active_channels(), in_features
 
     def active_weights(self, in_features: int) -> tuple[Tensor, Tensor | None]:
         """``(weight, bias)`` sliced for this many input features at this width."""
@@ -73,6 +74,9 @@ class _WidthLinear(WidthMixin, nn.Linear):
         return self._weight_cache.get(key, (params["weight"], params["bias"]), build)
 
     def forward(self, x: Tensor) -> Tensor:
+        if is_compiling():  # one graph for every width
+            out, _ = self.active_shape(x.shape[-1])
+            return sliced_linear(x, self.weight, self.bias, out)
         if torch.is_grad_enabled():
             weight, bias = self.active_weights(x.shape[-1])
         else:

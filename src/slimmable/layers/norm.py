@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as torch_module
 
+from .base import is_compiling
 from .channels import scale_channels
 from .slicing import SliceCache, copied_prefix
 from .width_policy import WidthList
@@ -118,6 +119,8 @@ class SwitchableBatchNorm2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         channels = x.shape[1]
+        if is_compiling():  # a graph per width of the list: each has its own BN
+            return self.bn[self.active_index(channels)](x)
         name = self._active.get((self.width, channels))
         if name is None:
             name = str(self.active_index(channels))  # raises for channels it has no BN for

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 _TOL = 1e-6
@@ -34,7 +33,7 @@ class WidthList:
     def index(self, width: float) -> int:
         """Position of ``width`` in the sorted list; ``ValueError`` naming the list if absent."""
         for i, w in enumerate(self.widths):
-            if math.isclose(w, width, abs_tol=_TOL):
+            if abs(w - width) <= _TOL:  # (not math.isclose: torch.compile traces this)
                 return i
         raise ValueError(
             f"width {width:g} is not one of this slimmable model's widths {_fmt(self.widths)}; "

@@ -90,7 +90,8 @@ def wrap(model: nn.Module, world: World) -> nn.Module:
 
 def unwrap_ddp(net: nn.Module) -> DistributedDataParallel | None:
     """The DDP module inside ``net`` (itself, or under ``torch.compile``), else ``None``."""
-    inner = getattr(net, "_orig_mod", net)  # torch.compile's OptimizedModule keeps it here
+    inner = getattr(net, "compiled", net)  # compile_slimmable's wrapper
+    inner = getattr(inner, "_orig_mod", inner)  # torch.compile's OptimizedModule
     return inner if isinstance(inner, DistributedDataParallel) else None
 
 

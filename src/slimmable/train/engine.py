@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..calibrate import calibrate, calibrated_widths
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..compile import compile_slimmable
 from ..data import DataInfo, build_datasets
 from ..evaluate import _macs, default_widths, evaluate, format_table
 from ..models import create_model, list_models, model_factory
@@ -409,8 +410,8 @@ def _train(
     # The network the steps run: DDP (one gradient all-reduce per step) and/or compiled.
     # Widths are set, and calibration / evaluation / checkpoints run, on ``model`` itself.
     net = ddp.wrap(model, world)
-    if tc.compile:  # widths change weight shapes: dynamic shapes avoid a graph per width
-        net = torch.compile(net, dynamic=True)
+    if tc.compile:  # one graph for all widths of a US-Net (one per switch of an S-Net)
+        net = compile_slimmable(net)
 
     def stopped(signum: int | None) -> TrainResult:
         checkpoint(finished=False)
