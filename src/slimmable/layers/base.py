@@ -20,10 +20,13 @@ def make_policy(widths: Sequence[float] | None, width_range: Sequence[float] | N
     return WidthRange(lo, hi)
 
 
-def is_compiling() -> bool:
-    """Whether ``torch.compile`` is tracing this code (never true on torch < 2.3)."""
-    check = getattr(torch.compiler, "is_compiling", None)
-    return check is not None and check()
+def _never() -> bool:
+    return False
+
+
+# Whether torch.compile is tracing the caller (a constant in compiled code). Bound once: it is
+# called on every layer's forward. torch < 2.3 has no torch.compiler.is_compiling.
+is_compiling = getattr(torch.compiler, "is_compiling", _never)
 
 
 class WidthMixin:
