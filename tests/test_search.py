@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from test_width import _channels as _out_channels
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -36,19 +37,6 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def _out_channels(model, x):
-    """Output channels of every knob layer for input ``x``, recorded with hooks."""
-    seen = {}
-    hooks = [
-        m.register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o.shape[1]))
-        for n, m in width_knobs(model).items()
-    ]
-    model(x)
-    for h in hooks:
-        h.remove()
-    return seen
 
 
 def _real_macs(model, x):

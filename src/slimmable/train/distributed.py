@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, Subset
 
 from ..calibrate import calibrate
+from ..compile import CompiledSlimmable
 from ..layers import SwitchableBatchNorm2d, USBatchNorm2d
 from .loader import World, eval_loader
 
@@ -90,7 +91,7 @@ def wrap(model: nn.Module, world: World) -> nn.Module:
 
 def unwrap_ddp(net: nn.Module) -> DistributedDataParallel | None:
     """The DDP module inside ``net`` (itself, or under ``torch.compile``), else ``None``."""
-    inner = getattr(net, "compiled", net)  # compile_slimmable's wrapper
+    inner = net.compiled if isinstance(net, CompiledSlimmable) else net
     inner = getattr(inner, "_orig_mod", inner)  # torch.compile's OptimizedModule
     return inner if isinstance(inner, DistributedDataParallel) else None
 
