@@ -6,12 +6,20 @@ on one input in interleaved rounds (each round times every variant once; the rou
 through every order). A ratio is the median over rounds of the ratio of the two variants' times
 in that round, so load from other processes cancels out. A fourth variant, a second extracted
 copy of the same sub-network, is the control: copy / extracted shows how far from 1.0 two
-identical networks measure in this process (the noise floor the targets are read against).
+identical networks measure (the noise floor the targets are read against).
+
+Each model is measured in ``--trials`` fresh processes and a reported ratio is the median of
+the trials' ratios (their range is in the JSON and the table): where a process's tensors land in
+memory shifts one variant against another by 1-2 % for that process's whole life, which more
+rounds in one process do not average out. Each process first makes glibc keep freed memory
+(``slimmable.latency.keep_freed_memory``; ``--malloc system`` leaves the default), otherwise
+page faults on freshly mapped activations take over half the time at batch 16 and vary per call.
 Targets: in-place / extracted <= 1.05 at batch 1 and <= 1.02 at batch 16; folded faster than
 extracted.
 
     PYTHONPATH=src python benchmarks/latency.py \
         [--models s_mobilenet_v1,s_mobilenet_v2] [--batches 1,16] [--size 224] \
+        [--trials 5] [--rounds 30,16] [--malloc keep|system] \
         [--json benchmarks/results/latency.json] [--markdown docs/deployment.md]
 
 The markdown table replaces the block between ``<!-- latency:begin -->`` and
@@ -22,30 +30,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
 import slimmable
 from slimmable.export import example_input
-from slimmable.latency import interleaved_timings
+from slimmable.latency import interleaved_timings, keep_freed_memory
 
 TARGETS = {1: 1.05, 16: 1.02}  # in-place / extracted, by batch size
 VARIANTS = ("in-place", "extracted", "folded", "copy")
+RATIOS = {"inplace": "in-place", "folded": "folded", "control": "copy"}  # each over extracted
 
 
-def environment(threads: int) -> dict:
+def environment(threads: int, malloc: str) -> dict:
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
+        "malloc": malloc,
         "load_average": list(os.getloadavg()),
     }
 
@@ -55,7 +68,23 @@ def paired_ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
-def measure_model(name: str, batches: list[int], size: int, rounds: dict[int, int]) -> list:
+def page_faults(fn, calls: int = 3) -> float:
+    """Median minor page faults per call of ``fn`` (pages the kernel mapped and zeroed)."""
+    counts = []
+    for _ in range(calls):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        fn()
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return statistics.median(counts)
+
+
+def trial(
+    name: str, batches: list[int], size: int, rounds: dict[int, int], threads: int, malloc: str
+) -> list[dict]:
+    """One fresh process's measurements of every width of ``name``: times and paired ratios."""
+    torch.set_num_threads(threads)
+    if malloc == "keep" and not keep_freed_memory():
+        raise SystemExit("--malloc keep needs glibc (Linux); use --malloc system")
     torch.manual_seed(0)
     model = slimmable.create_model(name).eval()
     widths = slimmable.width_choices(model)
@@ -64,76 +93,125 @@ def measure_model(name: str, batches: list[int], size: int, rounds: dict[int, in
     rows = []
     for w in sorted(widths, reverse=True):
         slimmable.set_width(model, w)
-        extracted = slimmable.extract_subnet(model, w, input_size=size)
-        folded = slimmable.extract_subnet(model, w, fold_bn=True, input_size=size)
-        copy = slimmable.extract_subnet(model, w, input_size=size)  # the control
-        params = sum(p.numel() for p in extracted.parameters())
+        nets = {
+            "in-place": model,
+            "extracted": slimmable.extract_subnet(model, w, input_size=size),
+            "folded": slimmable.extract_subnet(model, w, fold_bn=True, input_size=size),
+            "copy": slimmable.extract_subnet(model, w, input_size=size),  # the control
+        }
         for batch in batches:
             x = example_input(model, size, batch)
-            fns = {"in-place": model, "extracted": extracted, "folded": folded, "copy": copy}
             with torch.no_grad():
                 ref = model(x)
-                for net in (extracted, folded, copy):  # same function before timing it
+                for net in list(nets.values())[1:]:  # the same function before timing it
                     torch.testing.assert_close(net(x), ref, rtol=1e-3, atol=1e-3)
                 times = interleaved_timings(
-                    {k: (lambda f=f, x=x: f(x)) for k, f in fns.items()},
+                    {k: (lambda f=f, x=x: f(x)) for k, f in nets.items()},
                     warmup=2,
                     repeats=rounds[batch],
                 )
-            ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-            row = {
-                "model": name,
-                "width": w,
-                "batch": batch,
-                "params": params,
-                **{f"{k}_ms": v for k, v in ms.items()},
-                # median over rounds of the ratio of two adjacent runs: load that changes from
-                # round to round (other processes on a shared machine) cancels out
-                "inplace_ratio": paired_ratio(times["in-place"], times["extracted"]),
-                "folded_ratio": paired_ratio(times["folded"], times["extracted"]),
-                "control_ratio": paired_ratio(times["copy"], times["extracted"]),
-                "ratio_of_medians": ms["in-place"] / ms["extracted"],
-                "rounds": rounds[batch],
-            }
-            row["meets_target"] = (
-                row["inplace_ratio"] <= TARGETS.get(batch, 1.02) and row["folded_ratio"] < 1.0
+                faults = page_faults(lambda x=x: model(x))
+            rows.append(
+                {
+                    "model": name,
+                    "width": w,
+                    "batch": batch,
+                    "params": sum(p.numel() for p in nets["extracted"].parameters()),
+                    "inplace_page_faults": faults,
+                    **{f"{k}_ms": 1e3 * statistics.median(v) for k, v in times.items()},
+                    **{
+                        f"{r}_ratio": paired_ratio(times[v], times["extracted"])
+                        for r, v in RATIOS.items()
+                    },
+                }
             )
-            rows.append(row)
-            print(format_row(row), flush=True)
+    return rows
+
+
+def combine(trials: list[list[dict]], rounds: dict[int, int]) -> list[dict]:
+    """One row per (width, batch): medians over the trials, with the range of each ratio."""
+    rows = []
+    for same in zip(*trials, strict=True):
+        first = same[0]
+        row = {k: first[k] for k in ("model", "width", "batch", "params")}
+        for v in VARIANTS:
+            row[f"{v}_ms"] = statistics.median(t[f"{v}_ms"] for t in same)
+        row["inplace_page_faults"] = statistics.median(t["inplace_page_faults"] for t in same)
+        for r in RATIOS:
+            values = [t[f"{r}_ratio"] for t in same]
+            row[f"{r}_ratio"] = statistics.median(values)
+            row[f"{r}_ratio_trials"] = values
+        row["rounds"] = rounds[row["batch"]]
+        row["trials"] = len(same)
+        row["meets_target"] = (
+            row["inplace_ratio"] <= TARGETS.get(row["batch"], 1.02) and row["folded_ratio"] < 1.0
+        )
+        rows.append(row)
+    return rows
+
+
+def measure_model(name: str, args: argparse.Namespace, rounds: dict[int, int]) -> list[dict]:
+    """``args.trials`` trials of ``name``, each in a fresh process."""
+    trials = []
+    spawn = multiprocessing.get_context("spawn")
+    batches = [int(b) for b in args.batches.split(",")]
+    for i in range(args.trials):
+        start = time.time()
+        with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            job = pool.submit(trial, name, batches, args.size, rounds, args.threads, args.malloc)
+            trials.append(job.result())
+        print(f"  {name}: trial {i + 1}/{args.trials} took {time.time() - start:.0f} s", flush=True)
+    rows = combine(trials, rounds)
+    for row in rows:
+        print(format_row(row), flush=True)
     return rows
 
 
 HEADER = (
     f"{'model':<16} {'width':>5} {'batch':>5} {'in-place ms':>11} {'extracted ms':>12} "
-    f"{'folded ms':>9} {'in-place/ext':>12} {'folded/ext':>10} {'copy/ext':>8}"
+    f"{'folded ms':>9} {'in-place/ext (trials)':>22} {'folded/ext':>10} {'copy/ext':>8} "
+    f"{'faults':>6}"
 )
 
 
+def spread(values: list[float]) -> str:
+    return f"{min(values):.3f}-{max(values):.3f}"
+
+
 def format_row(r: dict) -> str:
+    inplace = f"{r['inplace_ratio']:.3f} ({spread(r['inplace_ratio_trials'])})"
     return (
         f"{r['model']:<16} {r['width']:>5.2f} {r['batch']:>5} {r['in-place_ms']:>11.2f} "
-        f"{r['extracted_ms']:>12.2f} {r['folded_ms']:>9.2f} {r['inplace_ratio']:>12.3f} "
-        f"{r['folded_ratio']:>10.3f} {r['control_ratio']:>8.3f}"
+        f"{r['extracted_ms']:>12.2f} {r['folded_ms']:>9.2f} {inplace:>22} "
+        f"{r['folded_ratio']:>10.3f} {r['control_ratio']:>8.3f} {r['inplace_page_faults']:>6.0f}"
     )
 
 
 def markdown(rows: list[dict], env: dict, command: str) -> str:
+    malloc = (
+        "glibc keeping freed memory (`keep_freed_memory`)"
+        if env["malloc"] == "keep"
+        else "the system's malloc settings"
+    )
     lines = [
         f"Measured with `{command}` (torch {env['torch']}, {env['threads']} intra-op thread(s), "
-        f"{env['cpu_count']} cores shared with other work, load average "
+        f"{malloc}, {env['cpu_count']} cores shared with other work, load average "
         f"{env['load_average'][0]:.1f} at start and {env['load_average_end'][0]:.1f} at the end; "
-        "times: medians of interleaved rounds; ratios: medians of the per-round ratios; "
-        "control: a second extracted copy against the first, the noise floor).",
+        f"{rows[0]['trials']} fresh processes per model; times: medians; ratios: medians over "
+        "the processes of each one's median per-round ratio, with their range; control: a "
+        "second extracted copy against the first, the noise floor; faults: page faults per "
+        "in-place forward).",
         "",
         "| model | width | batch | in-place ms | extracted ms | folded ms | in-place / extracted "
-        "| folded / extracted | control |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| (range over processes) | folded / extracted | control | faults |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['width']:g} | {r['batch']} | {r['in-place_ms']:.2f} | "
             f"{r['extracted_ms']:.2f} | {r['folded_ms']:.2f} | {r['inplace_ratio']:.3f} | "
-            f"{r['folded_ratio']:.3f} | {r['control_ratio']:.3f} |"
+            f"{spread(r['inplace_ratio_trials'])} | {r['folded_ratio']:.3f} | "
+            f"{r['control_ratio']:.3f} | {r['inplace_page_faults']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -156,24 +234,37 @@ def main() -> None:
     parser.add_argument("--models", default="s_mobilenet_v1,s_mobilenet_v2")
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--rounds", default="40,12", help="interleaved rounds per batch size")
+    parser.add_argument(
+        "--rounds", default="30,16", help="interleaved rounds per batch size, in each trial"
+    )
+    parser.add_argument("--trials", type=int, default=5, help="fresh processes per model")
     parser.add_argument(
         "--threads", type=int, default=1, help="intra-op CPU threads (1: robust on a shared box)"
+    )
+    parser.add_argument(
+        "--malloc",
+        choices=("keep", "system"),
+        default="keep",
+        help="keep: glibc keeps freed memory (no page faults per forward); system: as configured",
     )
     parser.add_argument("--json", default="benchmarks/results/latency.json")
     parser.add_argument("--markdown", default="docs/deployment.md")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.trials < 1:
+        parser.error("--trials must be at least 1")
     batches = [int(b) for b in args.batches.split(",")]
     counts = [int(r) for r in args.rounds.split(",")]
     rounds = {b: counts[min(i, len(counts) - 1)] for i, b in enumerate(batches)}
-    env = environment(torch.get_num_threads())
-    print(f"{env['threads']} threads, {args.size}px, median of interleaved rounds {rounds}")
+    env = environment(args.threads, args.malloc)
+    print(
+        f"{args.threads} thread(s), {args.size}px, malloc {args.malloc}, {args.trials} trials "
+        f"per model of {rounds} interleaved rounds per batch size"
+    )
     print(HEADER)
     start = time.time()
     rows = []
     for name in args.models.split(","):
-        rows += measure_model(name, batches, args.size, rounds)
+        rows += measure_model(name, args, rounds)
     env["load_average_end"] = list(os.getloadavg())
     env["seconds"] = round(time.time() - start, 1)
     command = "PYTHONPATH=src python benchmarks/latency.py " + " ".join(sys.argv[1:])

@@ -283,6 +283,52 @@ def test_slice_cache_spares_the_copy_and_tracks_weight_updates():
     assert not torch.allclose(y1, y3)
 
 
+def _change_bias_in_place(layer):
+    with torch.no_grad():
+        layer.bias.add_(1.0)
+
+
+def _assign_bias_data(layer):
+    layer.bias.data = torch.randn_like(layer.bias)
+
+
+def _assign_data(layer):
+    layer.weight.data = torch.randn_like(layer.weight)  # no version bump: a new storage
+
+
+def _load_state_dict(layer):
+    state = {k: torch.randn_like(v) for k, v in layer.state_dict().items()}
+    layer.load_state_dict(state)
+
+
+def _new_parameter(layer):
+    layer.weight = nn.Parameter(torch.randn_like(layer.weight))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [_change_bias_in_place, _assign_bias_data, _assign_data, _load_state_dict, _new_parameter],
+)
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_slice_cache_sees_every_way_weights_change(kind, change):
+    if kind == "conv":
+        layer = USConv2d(16, 16, 3, padding=1, width_range=(0.25, 1.0)).eval()
+        x = torch.randn(1, 8, 5, 5)
+    else:
+        layer = USLinear(16, 16, width_range=(0.25, 1.0), fixed_out=False).eval()
+        x = torch.randn(2, 8)
+    layer.width = 0.5
+    with torch.no_grad():
+        layer(x)  # fills the cache
+        change(layer)
+        got = layer(x)
+        weight, bias = layer.weight[:8, :8], layer.bias[:8]
+        dense = (
+            F.conv2d(x, weight, bias, padding=1) if kind == "conv" else F.linear(x, weight, bias)
+        )
+    torch.testing.assert_close(got, dense, rtol=0, atol=0)
+
+
 def test_constructor_errors_are_clear():
     with pytest.raises(ValueError, match="exactly one of"):
         USConv2d(3, 8, 3, width_range=(0.25, 1.0), widths=(0.5, 1.0))

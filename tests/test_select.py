@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -158,6 +161,35 @@ def test_interleaved_timings_go_through_every_order():
     rounds = ["".join(calls[i : i + 3]) for i in range(3, len(calls), 3)]
     assert calls[:3] == list("abc")  # warm-up
     assert sorted(rounds) == ["abc", "acb", "bac", "bca", "cab", "cba"]  # every order once
+
+
+FAULTS_AFTER_FREE = """
+import resource, sys, torch
+from slimmable.latency import keep_freed_memory
+
+def faults_refilling(n=16 * 2**20):  # a 64 MB tensor, freed, then allocated and filled again
+    torch.ones(n)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(n)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+default = faults_refilling()
+applied = keep_freed_memory()
+# kept blocks are faulted in once, until the heap reaches its steady state
+print(applied, default, min(faults_refilling() for _ in range(4)))
+"""
+
+
+def test_keep_freed_memory_stops_refaulting_activations():
+    run = subprocess.run(
+        [sys.executable, "-c", FAULTS_AFTER_FREE], capture_output=True, text=True, check=True
+    )
+    applied, default, kept = run.stdout.split()
+    if applied == "False":  # only glibc has these settings
+        assert platform.libc_ver()[0] != "glibc"
+        return
+    assert int(default) > 10_000  # 64 MB is 16k pages, unmapped on free and faulted in again
+    assert int(kept) < int(default) // 10
 
 
 # ---- the command line --------------------------------------------------------------------------

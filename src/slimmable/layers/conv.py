@@ -99,15 +99,21 @@ class _WidthConv2d(WidthMixin, nn.Conv2d):
         bias = None if self.bias is None else self.bias[:out]
         return self.weight[:out, :in_per_group], bias, groups
 
-    def _inference_weights(self, in_channels: int) -> tuple[Tensor, Tensor | None, int]:
-        def build() -> tuple[Tensor, Tensor | None, int]:
-            weight, bias, groups = self.active_weights(in_channels)
-            return weight.contiguous(), bias, groups
+    def _contiguous_weights(self, in_channels: int) -> tuple[Tensor, Tensor | None, int]:
+        weight, bias, groups = self.active_weights(in_channels)
+        return weight.contiguous(), bias, groups
 
-        # Direct dict reads: nn.Module attribute lookup costs more than a small layer's work.
+    def _inference_weights(self, in_channels: int) -> tuple[Tensor, Tensor | None, int]:
+        # Runs before every convolution at inference: direct dict reads and an inline stamp,
+        # since nn.Module attribute lookups and generic helpers cost more than a small layer.
         params = self._parameters
+        w, b = params["weight"], params["bias"]
+        if b is None:
+            stamp = (w._version, w.data_ptr())
+        else:
+            stamp = (w._version, w.data_ptr(), b._version, b.data_ptr())
         key = (self.width, in_channels)
-        return self._weight_cache.get(key, (params["weight"], params["bias"]), build)
+        return self._weight_cache.get(key, stamp, self._contiguous_weights, in_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         padding = self.padding

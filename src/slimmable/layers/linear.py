@@ -63,15 +63,20 @@ class _WidthLinear(WidthMixin, nn.Linear):
         out, inp = self.active_shape(in_features)
         return self.weight[:out, :inp], None if self.bias is None else self.bias[:out]
 
-    def _inference_weights(self, in_features: int) -> tuple[Tensor, Tensor | None]:
-        def build() -> tuple[Tensor, Tensor | None]:
-            weight, bias = self.active_weights(in_features)
-            return weight.contiguous(), bias
+    def _contiguous_weights(self, in_features: int) -> tuple[Tensor, Tensor | None]:
+        weight, bias = self.active_weights(in_features)
+        return weight.contiguous(), bias
 
-        # Direct dict reads: nn.Module attribute lookup costs more than a small layer's work.
+    def _inference_weights(self, in_features: int) -> tuple[Tensor, Tensor | None]:
+        # Direct dict reads and an inline stamp: see _WidthConv2d._inference_weights.
         params = self._parameters
+        w, b = params["weight"], params["bias"]
+        if b is None:
+            stamp = (w._version, w.data_ptr())
+        else:
+            stamp = (w._version, w.data_ptr(), b._version, b.data_ptr())
         key = (self.width, in_features)
-        return self._weight_cache.get(key, (params["weight"], params["bias"]), build)
+        return self._weight_cache.get(key, stamp, self._contiguous_weights, in_features)
 
     def forward(self, x: Tensor) -> Tensor:
         if is_compiling():  # one graph for every width

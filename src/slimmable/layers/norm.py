@@ -18,7 +18,7 @@ from torch.nn.modules import module as torch_module
 
 from .base import is_compiling
 from .channels import scale_channels
-from .slicing import SliceCache, copied_prefix
+from .slicing import SliceCache, copied_prefix, stamp
 from .width_policy import WidthList
 
 FULL_WIDTH_KEY = 1_000_000
@@ -262,24 +262,23 @@ class USBatchNorm2d(nn.BatchNorm2d):
         # The slices of this width, memoized while the tensors they come from are unchanged.
         # (Direct dict reads: nn.Module attribute lookup would cost more than the BN itself.)
         params, buffers = self._parameters, self._buffers
-        sources = (
+        sources = stamp(
             params["weight"],
             params["bias"],
             buffers["calib_mean"],
             buffers["calib_var"],
             buffers["running_mean"],
         )
-
-        def build() -> tuple:
-            if c > self.num_features:
-                raise ValueError(f"USBatchNorm2d has {self.num_features} channels, got {c}")
-            weight = self.weight[:c] if self.affine else None
-            bias = self.bias[:c] if self.affine else None
-            return (weight, bias, *self.eval_statistics(c))
-
         key = (self.stats_key, c, self._uncalibrated)
-        weight, bias, mean, var = self._eval_cache.get(key, sources, build)
+        weight, bias, mean, var = self._eval_cache.get(key, sources, self._eval_tensors, c)
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
+
+    def _eval_tensors(self, c: int) -> tuple:
+        if c > self.num_features:
+            raise ValueError(f"USBatchNorm2d has {self.num_features} channels, got {c}")
+        weight = self.weight[:c] if self.affine else None
+        bias = self.bias[:c] if self.affine else None
+        return (weight, bias, *self.eval_statistics(c))
 
     def eval_statistics(self, channels: int) -> tuple[Tensor, Tensor]:
         """``(mean, var)`` used in eval mode at the current width for this many channels."""

@@ -12,7 +12,7 @@ layer costs, and switching back to a width already used is free.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable
 from typing import TypeVar
 
 import torch
@@ -21,29 +21,39 @@ from torch import Tensor, nn
 T = TypeVar("T")
 
 
-def _stamp(sources: Sequence[Tensor | None]) -> tuple:
+def stamp(*sources: Tensor | None) -> tuple:
+    """What identifies the state of ``sources``: each one's version counter and storage address.
+
+    An in-place update bumps the version; ``.to()``, ``.data =`` or a new parameter changes the
+    address. ``None`` (e.g. no bias) stamps as ``None``.
+    """
     return tuple(None if t is None else (t._version, t.data_ptr()) for t in sources)
 
 
 class SliceCache:
-    """A small LRU of derived tensors, each valid while its source tensors are unchanged."""
+    """A small LRU of derived tensors, each valid while its source tensors are unchanged.
+
+    The caller passes the sources' :func:`stamp` (hot layers build it inline, which is cheaper
+    than the generic helper) and how to build the value on a miss; a hit costs a dict lookup and
+    a tuple comparison.
+    """
 
     def __init__(self, max_entries: int = 8) -> None:
         self.max_entries = max_entries
         self._entries: OrderedDict[Hashable, tuple[tuple, object]] = OrderedDict()
 
-    def get(self, key: Hashable, sources: Sequence[Tensor | None], build: Callable[[], T]) -> T:
-        """The value cached for ``key`` if ``sources`` are unchanged, else ``build()``."""
-        stamp = _stamp(sources)
-        hit = self._entries.get(key)
+    def get(self, key: Hashable, stamp: tuple, build: Callable[..., T], *args: object) -> T:
+        """The value cached for ``key`` if the sources' ``stamp`` is unchanged, else build it."""
+        entries = self._entries
+        hit = entries.get(key)
         if hit is not None and hit[0] == stamp:
-            if len(self._entries) > 1:
-                self._entries.move_to_end(key)
+            if len(entries) > 1:
+                entries.move_to_end(key)
             return hit[1]  # type: ignore[return-value]
-        value = build()
-        self._entries[key] = (stamp, value)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        value = build(*args)
+        entries[key] = (stamp, value)
+        while len(entries) > self.max_entries:
+            entries.popitem(last=False)
         return value
 
     def clear(self) -> None:
