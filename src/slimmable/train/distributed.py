@@ -23,6 +23,7 @@ small functions that are no-ops in a single process:
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from collections.abc import Iterator, Sequence
@@ -67,9 +68,18 @@ def init_world(device: torch.device) -> World:
     return World(rank=rank, world_size=size, device=device)
 
 
-def shutdown(world: World) -> None:
-    """Leave the process group (after the last collective)."""
+def shutdown(world: World, clean: bool = True) -> None:
+    """Leave the process group (after the last collective).
+
+    After a clean run the ranks first meet at a barrier, so none leaves while another still
+    talks to it. Objects that still hold the group (a DDP wrapper in a reference cycle) are
+    collected while the interpreter is fully alive: gloo's threads torn down during interpreter
+    exit abort the process ("terminate called without an active exception").
+    """
     if is_distributed(world):
+        if clean:
+            dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -302,12 +302,15 @@ def train(
     owned = world is None  # joined here (torchrun environment): left here
     with cpu_threads(config.train.threads):
         world = world or ddp.init_world(pick_device(config.train.device))
+        finished = False
         try:
             with ddp.StopSignal().installed() as stop:
-                return _train(config, Path(out_dir), resume, stop_after_steps, world, stop)
+                result = _train(config, Path(out_dir), resume, stop_after_steps, world, stop)
+            finished = True
+            return result
         finally:
-            if owned:
-                ddp.shutdown(world)
+            if owned:  # a barrier only when every rank got here: after an error it could hang
+                ddp.shutdown(world, clean=finished)
 
 
 def _train(
