@@ -27,10 +27,11 @@ from .width import Width, set_width, width_modules
 def keep_freed_memory() -> bool:
     """Make glibc's ``malloc`` keep freed memory for reuse instead of handing it back to the OS.
 
-    By default glibc serves large blocks, such as activations, with ``mmap`` and unmaps them when
-    they are freed, so every forward pass page-faults its activations in again and the kernel
-    zeroes each page: measured on a 2-core CPU, that was over half the forward time of
-    S-MobileNet v1 at batch 16 (75 ms against 32 ms), and it varies from call to call. This sets
+    By default glibc serves blocks over its ``mmap`` threshold (at most 32 MB), such as large
+    activations, with ``mmap`` and unmaps them when freed, so every forward pass faults them in
+    again and the kernel zeroes each page: S-MobileNet v1 at width 1.0 and batch 16 took 110k
+    page faults and 423 ms per forward on a 2-core CPU, against none and 227 ms with this
+    (``benchmarks/latency.py``, ``--malloc system`` against the default). This sets
     ``M_MMAP_MAX=0`` and a maximal ``M_TRIM_THRESHOLD`` for the whole process, as the environment
     variables ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` do at start-up; memory
     then stays at its peak. Returns whether it applied (``False`` off Linux or without glibc).

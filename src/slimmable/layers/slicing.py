@@ -42,16 +42,16 @@ class SliceCache:
         self.max_entries = max_entries
         self._entries: OrderedDict[Hashable, tuple[tuple, object]] = OrderedDict()
 
-    def get(self, key: Hashable, stamp: tuple, build: Callable[..., T], *args: object) -> T:
-        """The value cached for ``key`` if the sources' ``stamp`` is unchanged, else build it."""
+    def get(self, key: Hashable, source_stamp: tuple, build: Callable[..., T], *args: object) -> T:
+        """The value cached for ``key`` if its sources' stamp is unchanged, else a new one."""
         entries = self._entries
         hit = entries.get(key)
-        if hit is not None and hit[0] == stamp:
+        if hit is not None and hit[0] == source_stamp:
             if len(entries) > 1:
                 entries.move_to_end(key)
             return hit[1]  # type: ignore[return-value]
         value = build(*args)
-        entries[key] = (stamp, value)
+        entries[key] = (source_stamp, value)
         while len(entries) > self.max_entries:
             entries.popitem(last=False)
         return value
