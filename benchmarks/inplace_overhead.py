@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import multiprocessing
 import statistics
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from latency import in_fresh_process
 from torch import nn
 
 import slimmable
@@ -85,16 +84,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=150)
     parser.add_argument("--json", default="benchmarks/results/inplace_overhead.json")
     args = parser.parse_args()
-    spawn = multiprocessing.get_context("spawn")
     rows = []
     print(f"{'model':<16} {'width':>5} {'in-place / extracted':>21} {'bare convs / extracted':>23}")
     for case in args.cases.split(","):
         name, width = case.split(":")
-        trials = []
-        for _ in range(args.trials):
-            with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-                job = pool.submit(trial, name, float(width), args.batch, args.rounds)
-                trials.append(job.result())
+        trials = [
+            in_fresh_process(trial, name, float(width), args.batch, args.rounds)
+            for _ in range(args.trials)
+        ]
         row = {
             "model": name,
             "width": float(width),

@@ -13,7 +13,7 @@ the trials' ratios (their range is in the JSON and the table): where a process's
 memory shifts one variant against another by 1-2 % for that process's whole life, which more
 rounds in one process do not average out. Each process first makes glibc keep freed memory
 (``slimmable.latency.keep_freed_memory``; ``--malloc system`` leaves the default), otherwise
-page faults on freshly mapped activations take over half the time at batch 16 and vary per call.
+page faults on freshly mapped activations take nearly half the time at batch 16 and width 1.0.
 Targets: in-place / extracted <= 1.05 at batch 1 and <= 1.02 at batch 16; folded faster than
 extracted.
 
@@ -37,8 +37,10 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -46,12 +48,13 @@ import slimmable
 from slimmable.export import example_input
 from slimmable.latency import interleaved_timings, keep_freed_memory
 
+T = TypeVar("T")
 TARGETS = {1: 1.05, 16: 1.02}  # in-place / extracted, by batch size
 VARIANTS = ("in-place", "extracted", "folded", "copy")
 RATIOS = {"inplace": "in-place", "folded": "folded", "control": "copy"}  # each over extracted
 
 
-def environment(threads: int, malloc: str) -> dict:
+def environment(threads: int, malloc: str = "system") -> dict:
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -76,6 +79,12 @@ def page_faults(fn, calls: int = 3) -> float:
         fn()
         counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     return statistics.median(counts)
+
+
+def in_fresh_process(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` run in a new (spawned) Python process: fresh heap, fresh memory layout."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def trial(
@@ -153,13 +162,12 @@ def combine(trials: list[list[dict]], rounds: dict[int, int]) -> list[dict]:
 def measure_model(name: str, args: argparse.Namespace, rounds: dict[int, int]) -> list[dict]:
     """``args.trials`` trials of ``name``, each in a fresh process."""
     trials = []
-    spawn = multiprocessing.get_context("spawn")
     batches = [int(b) for b in args.batches.split(",")]
     for i in range(args.trials):
         start = time.time()
-        with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-            job = pool.submit(trial, name, batches, args.size, rounds, args.threads, args.malloc)
-            trials.append(job.result())
+        trials.append(
+            in_fresh_process(trial, name, batches, args.size, rounds, args.threads, args.malloc)
+        )
         print(f"  {name}: trial {i + 1}/{args.trials} took {time.time() - start:.0f} s", flush=True)
     rows = combine(trials, rounds)
     for row in rows:
