@@ -27,11 +27,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "or `onnx` (onnxruntime). The batch size stays dynamic; the image size is fixed.",
     )
     p.add_argument("checkpoint", help="checkpoint written by `slimmable train`")
-    p.add_argument(
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument(
         "--width",
-        required=True,
         help="a width (0.5), or a nonuniform map: a JSON file or inline JSON "
         '{"layer.name": 0.5, "*": 1.0}',
+    )
+    which.add_argument(
+        "--all-widths",
+        action="store_true",
+        help="one switchable ONNX file holding every width of the checkpoint (S-Net switches, "
+        "US calibrated widths) once, with the width as a second input",
     )
     p.add_argument(
         "--format",
@@ -127,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
             f"--format pt writes a torch.export archive, which torch.export.load reads only "
             f"from a .pt2 file; use --out {out.with_suffix('.pt2')}"
         )
+    if args.all_widths:
+        return _run_switchable(args, out, fmt)
     width = parse_width(args.width)
     ckpt = load_checkpoint(args.checkpoint)
     input_size = parse_input_size(args.input_size, ckpt)
@@ -153,4 +161,40 @@ def run(args: argparse.Namespace) -> int:
             raise RuntimeError(f"{path} does not reproduce the network (max difference {diff:.3g})")
         print(f"verified: the file reproduces the network (max difference {diff:.2g})")
     print("load it with: " + LOAD_HINT[fmt].format(path=str(path)))
+    return 0
+
+
+def _run_switchable(args: argparse.Namespace, out: Path, fmt: str) -> int:
+    """``--all-widths``: the switchable ONNX file (``slimmable.switchable``)."""
+    from ..checkpoint import load_checkpoint, model_from_checkpoint
+    from ..serve.model import card_for
+    from ..switchable import export_switchable, held_widths, verify_switchable
+
+    if fmt != "onnx":
+        raise ValueError(
+            "--all-widths writes ONNX only (--format onnx, or name the file .onnx); for one "
+            "width in another format use --width W"
+        )
+    ckpt = load_checkpoint(args.checkpoint)
+    input_size = parse_input_size(args.input_size, ckpt)
+    model = model_from_checkpoint(ckpt).eval()
+    widths = held_widths(model)
+    size = input_size or ckpt.get("input_size") or model.default_cfg["input_size"]
+    size = (*model.default_cfg["input_size"][:1], *size) if len(size) == 2 else tuple(size)
+    card = card_for(model, str(ckpt["model"]["name"]), widths, size, ckpt)
+    metadata = {
+        "model": ckpt["model"]["name"],
+        "checkpoint": Path(args.checkpoint).name,
+        "card": card.to_metadata(),
+    }
+    path = export_switchable(model, out, widths, input_size=size, metadata=metadata, verify=False)
+    shown = ", ".join(f"{w:g}" for w in widths)
+    print(f"wrote {path} (switchable onnx, widths {shown}, input {list(size)})")
+    if not args.no_verify:
+        diff = verify_switchable(model, path)
+        print(f"verified at every width: the file reproduces the model (max difference {diff:.2g})")
+    print(
+        f"load it with: onnxruntime.InferenceSession({str(path)!r}).run(None, "
+        "{'input': x, 'width': numpy.array(w, dtype=numpy.float32)})"
+    )
     return 0
