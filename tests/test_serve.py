@@ -138,7 +138,7 @@ def test_predict_an_image_preprocessed_as_the_data_set(server):
     assert status == 200, body
     assert body["width"] == 1.0 and body["latency_ms"] > 0  # a loose SLO: full width
     (pred,) = body["predictions"]
-    assert [p["label"] for p in pred["top_k"]][0] == pred["label"]
+    assert pred["top_k"][0]["label"] == pred["label"]
     scores = [p["score"] for p in pred["top_k"]]
     assert scores == sorted(scores, reverse=True) and len(scores) == 3
     # the same image sent as preprocessed inputs gives the same answer
