@@ -43,6 +43,8 @@ def test_policy_picks_the_widest_width_that_meets_the_slo():
     assert choose_width(TABLE, widths, batch=8, waited_ms=35.0, slo_ms=50.0) == 0.25
     assert choose_width(TABLE, widths, batch=8, waited_ms=45.0, slo_ms=50.0) == 0.25  # none: min
     assert choose_width(TABLE, [0.5, 1.0], batch=1, waited_ms=0.0, slo_ms=5.0) == 0.5
+    # headroom: only 80% of the SLO is planned with
+    assert choose_width(TABLE, widths, batch=8, waited_ms=0.0, slo_ms=50.0, headroom=0.8) == 0.5
 
 
 def test_latency_table_interpolates_extrapolates_and_learns():
@@ -52,8 +54,9 @@ def test_latency_table_interpolates_extrapolates_and_learns():
     table = LatencyTable({1.0: {1: 10.0, 8: 45.0}}, alpha=0.5)
     table.update(1.0, 8, 65.0)
     assert table.predict(1.0, 8) == pytest.approx(55.0)
-    table.update(1.0, 4, 0.0)  # a new size starts from its prediction
-    assert table.predict(1.0, 4) == pytest.approx(0.5 * (10.0 + 45.0 * 3 / 7))  # (8 is 55 now)
+    assert table.predict(1.0, 1) == pytest.approx(10.0 * (0.5 + 0.5 * 65 / 45))  # all slow
+    table.update(1.0, 4, 0.0)
+    assert table.scale == pytest.approx(0.5 * 65 / 45 / 2 + 0.25)
     assert LatencyTable({1.0: {2: 6.0}}).predict(1.0, 3) == pytest.approx(9.0)
     assert batch_sizes(16) == [1, 2, 4, 8, 16] and batch_sizes(6) == [1, 2, 4, 6]
     with pytest.raises(ValueError):

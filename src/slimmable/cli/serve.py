@@ -23,6 +23,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", choices=("adaptive", "fixed"), default="adaptive")
     p.add_argument("--width", type=float, help="the width of --policy fixed (default: widest)")
     p.add_argument("--max-batch", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument(
+        "--headroom", type=float, default=0.8,
+        help="share of --slo-ms the policy plans with (default 0.8; the rest covers HTTP)",
+    )  # fmt: skip
     p.add_argument("--threads", type=int, help="compute threads (default: torch's)")
     p.add_argument(
         "--input-size", type=int, help="zoo models only: image side (default: the model's)"
@@ -46,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         slo_ms=args.slo_ms,
         width=args.width,
         max_batch=args.max_batch,
+        headroom=args.headroom,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
     )
     if args.threads is not None:

@@ -58,6 +58,7 @@ class ServeConfig:
     slo_ms: float = 100.0
     width: float | None = None  # the fixed policy's width (default: the widest)
     max_batch: int = 16
+    headroom: float = 0.8  # share of the SLO the server's own view of a request may use
     max_body_bytes: int = MAX_BODY_BYTES
     warmup: int = 1
     repeats: int = 3
@@ -67,6 +68,8 @@ class ServeConfig:
             raise ValueError(f"--policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if not (math.isfinite(self.slo_ms) and self.slo_ms > 0):
             raise ValueError(f"--slo-ms must be a positive number, got {self.slo_ms}")
+        if not 0.0 < self.headroom <= 1.0:
+            raise ValueError(f"--headroom must be in (0, 1], got {self.headroom}")
         if self.max_batch < 1:
             raise ValueError(f"--max-batch must be at least 1, got {self.max_batch}")
         if self.width is not None and self.policy == "adaptive":
@@ -163,7 +166,10 @@ class Batcher:
             return width
         if self.config.policy == "fixed":
             return self.fixed_width
-        return choose_width(self.table, self.widths, batch, waited_ms, self.config.slo_ms)
+        config = self.config
+        return choose_width(
+            self.table, self.widths, batch, waited_ms, config.slo_ms, config.headroom
+        )
 
     def _take(self) -> list[_Job] | None:
         with self._cond:
@@ -415,6 +421,8 @@ class SlimmableService:
             "input_size": list(card.input_size),
             "policy": self.config.policy,
             "slo_ms": self.config.slo_ms,
+            "headroom": self.config.headroom,
+            "slowdown": round(self.table.scale, 3),
             "max_batch": self.config.max_batch,
             "widths": rows,
         })  # fmt: skip

@@ -3,12 +3,15 @@
 Pure functions over a table of measured latencies, so the choice is testable without a server.
 For a batch of ``n`` images whose oldest request has waited ``q`` ms, the adaptive policy picks
 
-    width = max { w : q + latency(w, n) <= slo }     (the smallest width if no w qualifies)
+    width = max { w : q + s * L(w, n) <= h * slo }     (the smallest width if no w qualifies)
 
-where ``latency(w, n)`` is the compute time of a batch of ``n`` images at width ``w``: measured
-at start-up for batch sizes 1, 2, 4, ... up to ``--max-batch``, interpolated linearly between
-them (extrapolated from the last two beyond), and updated as the server runs by an exponential
-moving average of each batch's measured time.
+where ``L(w, n)`` is the compute time of a batch of ``n`` images at width ``w`` measured at
+start-up for batch sizes 1, 2, 4, ... up to ``--max-batch`` (interpolated linearly between them,
+extrapolated from the last two beyond), ``s`` a slowdown factor learnt as the server runs (an
+exponential moving average of measured / start-up time over every batch: a machine that gets
+busier slows every width alike), and ``h`` the headroom (``--headroom``, default 0.8): the share
+of the SLO the server's own view of a request may use; the rest covers what it cannot see
+(connection set-up, HTTP parsing, the answer's trip back).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class LatencyTable:
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
         self.alpha = alpha
+        self.scale = 1.0  # measured / start-up time, learnt as the server runs
         self.points: dict[float, dict[int, float]] = {
             float(w): {int(b): float(ms) for b, ms in sorted(sizes.items())}
             for w, sizes in points.items()
@@ -37,6 +41,10 @@ class LatencyTable:
 
     def predict(self, width: float, batch: int) -> float:
         """Predicted milliseconds for a batch of ``batch`` images at ``width``."""
+        return self.scale * self.measured(width, batch)
+
+    def measured(self, width: float, batch: int) -> float:
+        """The start-up measurement of ``(width, batch)``, interpolated."""
         sizes = self.points[float(width)]
         ns = list(sizes)
         if batch in sizes:
@@ -51,12 +59,9 @@ class LatencyTable:
         return max(0.0, sizes[a] + slope * (batch - a))
 
     def update(self, width: float, batch: int, ms: float) -> None:
-        """Move the entry of ``(width, batch)`` towards a measured ``ms`` (it starts at the
-        prediction when that batch size was not measured yet)."""
-        sizes = self.points[float(width)]
-        old = self.predict(width, batch)
-        sizes[batch] = (1.0 - self.alpha) * old + self.alpha * float(ms)
-        self.points[float(width)] = dict(sorted(sizes.items()))
+        """Learn from a batch that took ``ms``: the slowdown moves towards measured / start-up."""
+        ratio = float(ms) / max(self.measured(width, batch), 1e-9)
+        self.scale = (1.0 - self.alpha) * self.scale + self.alpha * ratio
 
     def as_dict(self) -> dict[str, dict[str, float]]:
         """``{width: {batch: ms}}`` with string keys (JSON)."""
@@ -71,17 +76,19 @@ def choose_width(
     batch: int,
     waited_ms: float,
     slo_ms: float,
+    headroom: float = 1.0,
 ) -> float:
-    """The widest of ``widths`` whose predicted latency plus the time waited meets ``slo_ms``.
+    """The widest of ``widths`` whose predicted latency plus the time waited is within
+    ``headroom * slo_ms``.
 
     ``waited_ms`` is how long the oldest request of the batch has been in the server. When no
-    width meets the SLO, the smallest runs: it finishes soonest, so the queue behind it drains.
+    width qualifies, the smallest runs: it finishes soonest, so the queue behind it drains.
     """
     if not widths:
         raise ValueError("choose_width needs at least one width")
     ordered = sorted(widths, reverse=True)
     for w in ordered:
-        if waited_ms + table.predict(w, batch) <= slo_ms:
+        if waited_ms + table.predict(w, batch) <= headroom * slo_ms:
             return w
     return ordered[-1]
 
