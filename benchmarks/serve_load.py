@@ -16,7 +16,8 @@ later than the SLO or not at all; ``accuracy``: top-1 of the widths actually ser
 by requests) and a plot to ``docs/img/serve_load.png``.
 
     nice -n 10 PYTHONPATH=src python benchmarks/serve_load.py [--model s_mobilenet_v2] \
-        [--size 224] [--slo-ms auto] [--seconds 15] [--max-requests 2000] [--threads 1]
+        [--size 224] [--slo-ms auto] [--seconds 15] [--max-requests 2000] [--threads 1] \
+        [--markdown README.md,docs/serving.md] [--from-json]
 """
 
 from __future__ import annotations
@@ -214,6 +215,34 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def markdown(result: dict) -> str:
+    """The runs as a markdown table (what ``--markdown`` writes between the markers)."""
+    lines = [
+        f"SLO {result['slo_ms']:.0f} ms; full width sustains {result['full_width_rate']:.1f} "
+        f"req/s ({result['full_width_batch1_ms']:.1f} ms at batch 1).",
+        "",
+        "| policy | load | p50 ms | p99 ms | req/s | late | top-1 served | widths served |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["runs"]:
+        served = ", ".join(f"{w}: {n}" for w, n in r["widths_served"].items())
+        lines.append(
+            f"| {_label(r)} | {r['load']:g}x | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+            f"{r['throughput']:.1f} | {100 * r['slo_violations']:.1f}% | "
+            f"{100 * r['accuracy']:.1f}% | {served} |"
+        )
+    return "\n".join(lines)
+
+
+def write_markdown(result: dict, files: str) -> None:
+    begin, end = "<!-- serve_load:begin -->", "<!-- serve_load:end -->"
+    for name in filter(None, files.split(",")):
+        text = Path(name).read_text()
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
+        Path(name).write_text(f"{head}{begin}\n{markdown(result)}\n{end}{tail}")
+
+
 def _label(run: dict) -> str:
     return "adaptive" if run["policy"] == "adaptive" else f"fixed {run['width']:g}"
 
@@ -229,7 +258,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="the server's compute threads")
     p.add_argument("--json", default="benchmarks/results/serve_load.json")
     p.add_argument("--plot", default="docs/img/serve_load.png")
+    p.add_argument("--markdown", default="", help="files whose serve_load table to rewrite")
+    p.add_argument("--from-json", action="store_true", help="only redraw from --json")
     args = p.parse_args()
+    if args.from_json:
+        result = json.loads(Path(args.json).read_text())
+        plot(result, Path(args.plot))
+        write_markdown(result, args.markdown)
+        print(markdown(result))
+        return
     body = json.dumps({"image": __import__("base64").b64encode(jpeg(args.size)).decode()}).encode()
     began = time.time()
 
@@ -290,6 +327,8 @@ def main() -> None:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     plot(result, Path(args.plot))
+    write_markdown(result, args.markdown)
+    print(markdown(result))
     print(f"wrote {args.json} and {args.plot} in {result['wall_s']:.0f} s")
 
 

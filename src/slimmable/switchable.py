@@ -8,11 +8,12 @@ float scalar), and two outputs, ``logits`` and ``width_used`` (the width that ra
   held widths stacked into one table per BN (a row per width).
 - **a branch per width.** Each held width has its dense sub-network (the graph of
   :func:`slimmable.extract_subnet`, exported by ``torch.onnx``) as a leaf of a balanced tree of
-  ``If`` nodes keyed on the width. A branch's weights are ``Slice`` (and, for a statistics row,
-  ``Gather``) of the shared tensors, computed in the main graph from constants only: onnxruntime
-  folds them into ready-made tensors once, when the session starts, so each width then runs as
-  fast as its own one-width export (``benchmarks/switchable.py`` measures it), and its graph
-  optimisations (Conv + BN fusion, NCHWc layouts, pre-packed weights) apply to every branch.
+  ``If`` nodes keyed on the width. A branch computes its weights from the shared tensors of the
+  main graph: ``Slice`` (after a ``Gather`` for a statistics row), and for a convolution with
+  its BN folded in, ``w * gamma / sqrt(var + eps)``. Those nodes read constants only, so
+  onnxruntime folds them into the branch's own tensors once, when the session starts; each width
+  then runs as fast as its own one-width export (``benchmarks/switchable.py``), the layout
+  optimisations (NCHWc, pre-packed weights) applying to every branch.
 - **the width picks a branch.** The file runs the widest held width at or below ``width``
   (``width_used`` says which); below the smallest held width it fails, in the node named
   ``width_below_smallest_held_width``. :func:`load_switchable` is stricter: a width the file does
@@ -22,8 +23,9 @@ float scalar), and two outputs, ``logits`` and ``width_used`` (the width that ra
 Why not one graph that slices its weights by per-width channel tables? ONNX's ``Conv`` takes its
 ``group`` as a static attribute, so a depthwise convolution (groups = active channels) cannot
 follow a run-time channel count, and onnxruntime pre-packs only constant weights: a weight
-sliced at run time is copied on every call and runs on the slower unpacked path (measured in
-``docs/serving.md``). Zero-padding to full width instead costs full-width MACs at every width.
+sliced at run time is copied on every call and runs on the slower unpacked path (several times
+slower: ``benchmarks/switchable.py``'s run-time-sliced column). Zero-padding to full width
+instead costs full-width MACs at every width.
 """
 
 from __future__ import annotations
