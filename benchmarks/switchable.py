@@ -9,8 +9,8 @@ would cost: the one-width graph whose weights are sliced *at run time* from full
 (``Slice`` ends that depend on an input, so onnxruntime can neither fold nor pre-pack them).
 It is a lower bound of that design: its depthwise convolutions keep their static ``group``,
 which a real run-time-switching graph could not. Batch 1 and 16; one onnxruntime thread by
-default. Also the file sizes: switchable / full-width export. Targets: time ratio <= 1.15, size ratio <= 1.15.
-Random weights (timing does not depend on them).
+default. Also the file sizes: switchable / full-width export. Targets: time ratio <= 1.15,
+size ratio <= 1.15. Random weights (timing does not depend on them).
 
     PYTHONPATH=src python benchmarks/switchable.py [--model s_mobilenet_v2] [--size 224] \
         [--batches 1,16] [--rounds 20] [--threads 1] [--json benchmarks/results/switchable.json]
