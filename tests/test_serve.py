@@ -223,6 +223,9 @@ BAD = [
     ),
     (json.dumps({"inputs": np.zeros((1, 1, 8, 8)).tolist(), "top_k": 0}).encode(), 422, "top_k"),
     (json.dumps({"inputs": np.zeros((9, 1, 8, 8)).tolist()}).encode(), 413, "at most 8 images"),
+    (b"[" * 100_000, 400, "nested too deeply"),
+    (b'{"inputs": "abc"}', 422, "nested list"),
+    (b"\xff\xfe", 400, "not valid JSON"),
 ]
 
 
@@ -232,6 +235,14 @@ def test_bad_requests_get_a_4xx_with_a_one_line_json_error(server, body, status,
     got, answer = client.predict(body)
     assert got == status and message in answer["error"], answer
     assert "\n" not in answer["error"] and set(answer) == {"error"}
+
+
+def test_a_huge_image_is_refused_before_it_is_decoded(server):
+    client, _ = server
+    buf = io.BytesIO()
+    Image.new("L", (8000, 6000)).save(buf, "PNG")  # 48 M pixels, a few kB compressed
+    status, answer = client.predict({"image": base64.b64encode(buf.getvalue()).decode()})
+    assert status == 415 and "pixels" in answer["error"]
 
 
 def test_oversized_bodies_are_refused_before_they_are_read(server):
@@ -285,27 +296,40 @@ def test_hundreds_of_concurrent_requests_are_all_answered(server):
 
 DRAIN_SCRIPT = textwrap.dedent(
     """
-    import sys, time
-    import numpy as np
+    import os, sys, time
     from slimmable.serve import ServeConfig, SlimmableService, load_backend, make_server
     from slimmable.serve.policy import LatencyTable
 
-    class Slow:  # a backend whose batches take 0.3 s, so requests are in flight at SIGTERM
-        def __init__(self, inner):
-            self.inner, self.card = inner, inner.card
+    class Gated:  # batches wait for the test's go-ahead, so requests are in flight at SIGTERM
+        def __init__(self, inner, gate):
+            self.inner, self.card, self.gate = inner, inner.card, gate
         def check_width(self, w):
             return self.inner.check_width(w)
         def run(self, x, w):
-            time.sleep(0.3)
+            deadline = time.time() + 120
+            while not os.path.exists(self.gate) and time.time() < deadline:
+                time.sleep(0.02)
             return self.inner.run(x, w)
 
-    backend = Slow(load_backend(sys.argv[1]))
+    backend = Gated(load_backend(sys.argv[1]), sys.argv[3])
     table = LatencyTable({w: {1: 1.0} for w in backend.card.width_values})
     service = SlimmableService(backend, ServeConfig(max_batch=1), table)
     make_server(service, "127.0.0.1", int(sys.argv[2])).run()
     print("drained", service.batcher.batches, flush=True)
     """
 )
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if condition():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 def _free_port() -> int:
@@ -316,29 +340,30 @@ def _free_port() -> int:
 
 def test_sigterm_drains_requests_in_flight_and_exits_cleanly(tmp_path):
     ckpt = _checkpoint(tmp_path / "ck.pt")
-    port = _free_port()
+    port, gate = _free_port(), tmp_path / "go"
     script = tmp_path / "drain.py"
     script.write_text(DRAIN_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, str(script), ckpt, str(port)], stdout=subprocess.PIPE, env=env, text=True
-    )
+    cmd = [sys.executable, str(script), ckpt, str(port), str(gate)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
     client = Client(port)
+
+    def health() -> dict:
+        status, data, _ = client.request("GET", "/v1/health")
+        return json.loads(data) if status == 200 else {}
+
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if client.request("GET", "/v1/health")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
+        _wait_for(lambda: health().get("status") == "ok", 300, "the server's start")
         x = {"inputs": np.zeros((1, 1, 8, 8)).tolist()}
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(client.predict, x) for _ in range(4)]
-            time.sleep(0.4)  # all four accepted; one batch done at most
+            # one batch held at the gate, three requests queued behind it: all four in flight
+            _wait_for(lambda: health().get("queued_images") == 3, 120, "four requests in flight")
             proc.send_signal(signal.SIGTERM)
-            answers = [f.result(timeout=30) for f in futures]
-        out, _ = proc.communicate(timeout=60)
+            time.sleep(0.5)  # the server is draining now
+            gate.touch()
+            answers = [f.result(timeout=120) for f in futures]
+        out, _ = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert [s for s, _ in answers] == [200] * 4

@@ -14,6 +14,7 @@ from test_extract import TinyMobileNetV2, TinyResNet, TinyShuffleNet, build, cal
 import slimmable
 from slimmable.checkpoint import save_checkpoint
 from slimmable.cli import main
+from slimmable.serve import load_backend
 from slimmable.switchable import ERROR_NODE, export_switchable, held_widths, load_switchable
 
 
@@ -101,6 +102,16 @@ def test_cli_all_widths_holds_the_weights_once(tmp_path, capsys):
     card = load_switchable(tmp_path / "m.onnx").metadata["card"]
     assert [w["top1"] for w in card["widths"]] == [0.7, None, None, 0.9]
     assert [w["width"] for w in card["widths"]] == [0.25, 0.5, 0.75, 1.0]
+
+    # slimmable serve runs the file as it is, with the checkpoint's facts from its metadata
+    backend = load_backend(str(tmp_path / "m.onnx"))
+    assert backend.card.top1_source == "checkpoint" and backend.card.input_size == (3, 32, 32)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), slimmable.set_width(model.eval(), 0.5):
+        ref = model(x).numpy()
+    assert np.abs(backend.run(x.numpy(), 0.5) - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+    with pytest.raises(ValueError, match="not held"):
+        backend.check_width(0.6)
 
     code = main(["export", str(ckpt), "--all-widths", "--out", str(tmp_path / "m.ts")])
     err = capsys.readouterr().err

@@ -274,6 +274,8 @@ def parse_request(
     """``(images N x C x H x W, pinned width or None, top_k)`` from a ``/v1/predict`` body."""
     try:
         payload = json.loads(body)
+    except RecursionError:
+        raise ClientError(400, "the body's JSON is nested too deeply") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ClientError(
             400, f"the body is not valid JSON ({err.msg if hasattr(err, 'msg') else err})"
@@ -386,6 +388,9 @@ class SlimmableService:
             result = await job.future
         except ClientError as err:
             return self.answer("predict", err.status, {"error": err.message})
+        except Exception as err:  # the server's fault, never the client's: still one JSON line
+            message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            return self.answer("predict", 500, {"error": f"{type(err).__name__}: {message}"})
         seconds = time.perf_counter() - arrived
         self.metrics.latency.observe(seconds)
         if 1e3 * seconds > self.config.slo_ms:

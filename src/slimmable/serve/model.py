@@ -28,6 +28,7 @@ from ..data.base import IMAGENET_MEAN, IMAGENET_STD
 
 CENTER_CROP_DATA = ("imagefolder",)  # data sets evaluated with a resize + centre crop
 CROP_PCT = 0.875
+MAX_PIXELS = 40_000_000  # a larger image is refused before it is decoded
 
 
 @dataclass
@@ -143,6 +144,8 @@ def decode_image(data: bytes, card: ModelCard) -> np.ndarray:
     c, h, w = card.input_size
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise ValueError(f"the image has over {MAX_PIXELS} pixels; send a smaller one")
             img.load()
             if img.mode == "P":
                 img = img.convert("RGBA")
@@ -154,7 +157,9 @@ def decode_image(data: bytes, card: ModelCard) -> np.ndarray:
             elif img.size != (w, h):
                 img = img.resize((w, h), Image.Resampling.BILINEAR)
             x = np.asarray(img, dtype=np.float32) / 255.0
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except ValueError:
+        raise
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(
             f"the image cannot be decoded ({type(err).__name__}); send a PNG or JPEG"
         ) from None
