@@ -26,7 +26,7 @@ from slimmable.checkpoint import save_checkpoint
 from slimmable.cli import main
 from slimmable.serve import ServeConfig, SlimmableService, load_backend, make_server
 from slimmable.serve.model import decode_image
-from slimmable.serve.policy import LatencyTable, batch_sizes, choose_width
+from slimmable.serve.policy import ArrivalRate, LatencyTable, batch_sizes, choose_width
 
 DIGITS = {"name": "digits", "mean": [0.3], "std": [0.4], "in_chans": 1, "image_size": 8}
 
@@ -43,7 +43,12 @@ def test_policy_picks_the_widest_width_that_meets_the_slo():
     assert choose_width(TABLE, widths, batch=8, waited_ms=35.0, slo_ms=50.0) == 0.25
     assert choose_width(TABLE, widths, batch=8, waited_ms=45.0, slo_ms=50.0) == 0.25  # none: min
     assert choose_width(TABLE, [0.5, 1.0], batch=1, waited_ms=0.0, slo_ms=5.0) == 0.5
+    # look-ahead: at 0.1 images/ms a full-width batch of 8 (45 ms) leaves 5 images behind it,
+    # 45 + L(0.25, 5) = 45 + 6 = 51 > 50; at 0.5 width: 20 + L(0.25, 2) = 23 <= 50
+    assert choose_width(TABLE, widths, 8, 0.0, 50.0, arrival_rate=0.1) == 0.5
+    assert choose_width(TABLE, widths, 8, 0.0, 50.0, arrival_rate=0.01) == 1.0
     # headroom: only 80% of the SLO is planned with
+
     assert choose_width(TABLE, widths, batch=8, waited_ms=0.0, slo_ms=50.0, headroom=0.8) == 0.5
 
 
@@ -61,6 +66,15 @@ def test_latency_table_interpolates_extrapolates_and_learns():
     assert batch_sizes(16) == [1, 2, 4, 8, 16] and batch_sizes(6) == [1, 2, 4, 6]
     with pytest.raises(ValueError):
         LatencyTable({})
+
+
+def test_arrival_rate_counts_the_recent_window():
+    rate = ArrivalRate(window_ms=1000.0)
+    assert rate.rate(0.0) == 0.0
+    for t in range(0, 2000, 100):  # 2 images every 100 ms
+        rate.add(float(t), 2)
+    assert rate.rate(2000.0) == pytest.approx(0.02, rel=0.15)
+    assert rate.rate(10_000.0) == 0.0  # nothing recent
 
 
 def test_config_refuses_contradictions():

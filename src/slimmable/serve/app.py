@@ -34,7 +34,7 @@ from starlette.routing import Route
 
 from ..latency import interleaved_timings, summarize
 from .model import Backend, decode_image
-from .policy import LatencyTable, batch_sizes, choose_width
+from .policy import ArrivalRate, LatencyTable, batch_sizes, choose_width
 
 POLICIES = ("adaptive", "fixed")
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -136,6 +136,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="slimmable-batcher", daemon=True)
+        self.arrivals = ArrivalRate()
         self.batches = 0
 
     def start(self) -> None:
@@ -157,6 +158,7 @@ class Batcher:
             if self._stop:
                 raise ClientError(503, "the server is shutting down; retry on another replica")
             self._queue.append(job)
+            self.arrivals.add(1e3 * job.arrived, len(job.images))
             self.metrics.queue.inc(len(job.images))
             self._cond.notify()
 

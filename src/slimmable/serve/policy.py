@@ -3,7 +3,8 @@
 Pure functions over a table of measured latencies, so the choice is testable without a server.
 For a batch of ``n`` images whose oldest request has waited ``q`` ms, the adaptive policy picks
 
-    width = max { w : q + s * L(w, n) <= h * slo }     (the smallest width if no w qualifies)
+    width = max { w : q + s L(w, n) <= h slo  and  s L(w, n) + s L(w_min, m) <= h slo }
+    m = ceil(lambda * s L(w, n))                          (the smallest width if no w qualifies)
 
 where ``L(w, n)`` is the compute time of a batch of ``n`` images at width ``w`` measured at
 start-up for batch sizes 1, 2, 4, ... up to ``--max-batch`` (interpolated linearly between them,
@@ -11,12 +12,18 @@ extrapolated from the last two beyond), ``s`` a slowdown factor learnt as the se
 exponential moving average of measured / start-up time over every batch: a machine that gets
 busier slows every width alike), and ``h`` the headroom (``--headroom``, default 0.8): the share
 of the SLO the server's own view of a request may use; the rest covers what it cannot see
-(connection set-up, HTTP parsing, the answer's trip back).
+(connection set-up, HTTP parsing, the answer's trip back). The second condition looks one batch
+ahead: the ``m`` images expected to arrive while this batch runs (``lambda``: the images per ms
+that arrived over the last two seconds) wait for it, and must still make the SLO at the
+smallest width; without it a server at twice its full-width capacity keeps starting wide
+batches that make the requests behind them late.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 
 
@@ -77,20 +84,28 @@ def choose_width(
     waited_ms: float,
     slo_ms: float,
     headroom: float = 1.0,
+    arrival_rate: float = 0.0,
 ) -> float:
-    """The widest of ``widths`` whose predicted latency plus the time waited is within
-    ``headroom * slo_ms``.
+    """The widest of ``widths`` that answers this batch, and the requests arriving while it
+    runs, within ``headroom * slo_ms``.
 
-    ``waited_ms`` is how long the oldest request of the batch has been in the server. When no
-    width qualifies, the smallest runs: it finishes soonest, so the queue behind it drains.
+    ``waited_ms`` is how long the oldest request of the batch has been in the server;
+    ``arrival_rate`` (images per ms, recently) predicts how many arrive while the batch runs:
+    they wait for it, then run at the smallest width at best. When no width qualifies, the
+    smallest runs: it finishes soonest, so the queue behind it drains.
     """
     if not widths:
         raise ValueError("choose_width needs at least one width")
     ordered = sorted(widths, reverse=True)
+    budget = headroom * slo_ms
+    smallest = ordered[-1]
     for w in ordered:
-        if waited_ms + table.predict(w, batch) <= headroom * slo_ms:
+        run = table.predict(w, batch)
+        behind = math.ceil(arrival_rate * run - 1e-9)
+        after = run + table.predict(smallest, behind) if behind > 0 else 0.0
+        if waited_ms + run <= budget and after <= budget:
             return w
-    return ordered[-1]
+    return smallest
 
 
 def batch_sizes(max_batch: int) -> list[int]:
@@ -102,3 +117,26 @@ def batch_sizes(max_batch: int) -> list[int]:
         sizes.append(n)
         n *= 2
     return [*sizes, max_batch]
+
+
+class ArrivalRate:
+    """Images per millisecond that arrived over the last ``window_ms`` (thread-safe enough for
+    one writer and one reader: appends and pops of a deque)."""
+
+    def __init__(self, window_ms: float = 2000.0) -> None:
+        self.window_ms = window_ms
+        self._events: deque[tuple[float, int]] = deque()
+        self._start: float | None = None
+
+    def add(self, now_ms: float, images: int) -> None:
+        if self._start is None:
+            self._start = now_ms
+        self._events.append((now_ms, images))
+
+    def rate(self, now_ms: float) -> float:
+        while self._events and self._events[0][0] < now_ms - self.window_ms:
+            self._events.popleft()
+        if self._start is None:
+            return 0.0
+        span = min(self.window_ms, max(now_ms - self._start, 1.0))
+        return sum(n for _, n in list(self._events)) / span
