@@ -2,9 +2,11 @@
 
 Starts ``slimmable serve`` on 127.0.0.1 (S-MobileNet v2, random weights: top-1 per width is the
 paper's ImageNet figure from the model's config), once per policy: adaptive, fixed full width,
-fixed smallest width. For each it drives open-loop Poisson arrivals (each request a JPEG, sent
-at its scheduled time whatever the server does) at 0.5x, 1x, 2x and 4x the request rate that
-full width sustains, measured first by a closed-loop saturation run of the fixed-full server.
+fixed smallest width. It drives open-loop Poisson arrivals (each request a JPEG, sent at its
+scheduled time whatever the server does) at 0.5x, 1x, 2x and 4x the request rate that full
+width sustains, measured first by a closed-loop saturation run of a fixed-full server; each load
+runs the three policies in turn (the servers wait idle meanwhile), so a change in the machine's
+other load hits them alike.
 Every run is bounded in time (``--seconds``) and count (``--max-requests``); latency is measured
 by the client from each request's scheduled time to its answer. Writes
 
@@ -285,21 +287,22 @@ def main() -> None:
     print(f"full width: {full_ms:.1f} ms at batch 1, sustains {rate:.1f} req/s; SLO {slo:.0f} ms",
           flush=True)  # fmt: skip
 
-    runs = []
-    for policy, width in (("adaptive", None), ("fixed", widths[-1]), ("fixed", widths[0])):
-        server = Server(args, policy, width, slo)
-        try:
-            for i, load in enumerate(LOADS):
+    # one server per policy, all started first; then each load runs every policy in turn, so a
+    # change in what else the machine runs hits the three alike
+    policies = (("adaptive", None), ("fixed", widths[-1]), ("fixed", widths[0]))
+    servers = []
+    try:
+        for policy, width in policies:
+            servers.append(Server(args, policy, width, slo))
+        rows: dict[tuple, dict] = {}
+        for i, load in enumerate(LOADS):
+            for (policy, width), server in zip(policies, servers, strict=True):
                 results = asyncio.run(
                     open_loop(server.port, body, load * rate, args.seconds, args.max_requests, i)
                 )
-                row = {
-                    "policy": policy,
-                    "width": width,
-                    "load": load,
-                    **summarize(results, slo, top1),
-                }
-                runs.append(row)
+                row = {"policy": policy, "width": width, "load": load}
+                row.update(summarize(results, slo, top1))
+                rows[(policy, width, load)] = row
                 print(
                     f"{_label(row):>12}  load {load:>3}x  p50 {row['p50_ms'] or 0:7.1f} ms  p99 "
                     f"{row['p99_ms'] or 0:7.1f} ms  {row['throughput']:6.1f} req/s  late "
@@ -308,8 +311,10 @@ def main() -> None:
                     flush=True,
                 )
                 server.idle()
-        finally:
+    finally:
+        for server in servers:
             server.stop()
+    runs = [rows[(p, w, load)] for p, w in policies for load in LOADS]
     result = {
         "slo_ms": slo,
         "model": args.model,

@@ -43,10 +43,11 @@ def test_policy_picks_the_widest_width_that_meets_the_slo():
     assert choose_width(TABLE, widths, batch=8, waited_ms=35.0, slo_ms=50.0) == 0.25
     assert choose_width(TABLE, widths, batch=8, waited_ms=45.0, slo_ms=50.0) == 0.25  # none: min
     assert choose_width(TABLE, [0.5, 1.0], batch=1, waited_ms=0.0, slo_ms=5.0) == 0.5
-    # look-ahead: at 0.1 images/ms a full-width batch of 8 (45 ms) leaves 5 images behind it,
-    # 45 + L(0.25, 5) = 45 + 6 = 51 > 50; at 0.5 width: 20 + L(0.25, 2) = 23 <= 50
-    assert choose_width(TABLE, widths, 8, 0.0, 50.0, arrival_rate=0.1) == 0.5
-    assert choose_width(TABLE, widths, 8, 0.0, 50.0, arrival_rate=0.01) == 1.0
+    # the queue must not grow: at 0.2 images/ms a full-width batch of 8 (45 ms) lets 9 arrive
+    assert choose_width(TABLE, widths, 8, 0.0, 50.0, arrival_rate=0.2) == 0.5  # 4 arrive
+    assert choose_width(TABLE, widths, 8, 0.0, 50.0, arrival_rate=0.1) == 1.0  # 4.5 arrive
+    assert choose_width(TABLE, widths, 1, 0.0, 50.0, arrival_rate=0.2) == 0.5  # 2 vs 0.8
+    assert choose_width(TABLE, widths, 1, 0.0, 50.0, arrival_rate=1.0) == 0.25  # none: min
     # headroom: only 80% of the SLO is planned with
 
     assert choose_width(TABLE, widths, batch=8, waited_ms=0.0, slo_ms=50.0, headroom=0.8) == 0.5

@@ -3,8 +3,8 @@
 Pure functions over a table of measured latencies, so the choice is testable without a server.
 For a batch of ``n`` images whose oldest request has waited ``q`` ms, the adaptive policy picks
 
-    width = max { w : q + s L(w, n) <= h slo  and  s L(w, n) + s L(w_min, m) <= h slo }
-    m = ceil(lambda * s L(w, n))                          (the smallest width if no w qualifies)
+    width = max { w : q + s L(w, n) <= h slo  and  lambda s L(w, n) <= n }
+                                                        (the smallest width if no w qualifies)
 
 where ``L(w, n)`` is the compute time of a batch of ``n`` images at width ``w`` measured at
 start-up for batch sizes 1, 2, 4, ... up to ``--max-batch`` (interpolated linearly between them,
@@ -12,17 +12,16 @@ extrapolated from the last two beyond), ``s`` a slowdown factor learnt as the se
 exponential moving average of measured / start-up time over every batch: a machine that gets
 busier slows every width alike), and ``h`` the headroom (``--headroom``, default 0.8): the share
 of the SLO the server's own view of a request may use; the rest covers what it cannot see
-(connection set-up, HTTP parsing, the answer's trip back). The second condition looks one batch
-ahead: the ``m`` images expected to arrive while this batch runs (``lambda``: the images per ms
-that arrived over the last two seconds) wait for it, and must still make the SLO at the
-smallest width; without it a server at twice its full-width capacity keeps starting wide
-batches that make the requests behind them late.
+(connection set-up, HTTP parsing, the answer's trip back). The second condition keeps the
+queue from growing: the batch must clear at least as many images as arrive while it runs
+(``lambda``: the images per ms that arrived over the last two seconds). Without it a server at
+twice its full-width capacity kept starting wide batches whenever the queue was short, and the
+requests arriving behind them were late.
 """
 
 from __future__ import annotations
 
 import bisect
-import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 
@@ -86,26 +85,22 @@ def choose_width(
     headroom: float = 1.0,
     arrival_rate: float = 0.0,
 ) -> float:
-    """The widest of ``widths`` that answers this batch, and the requests arriving while it
-    runs, within ``headroom * slo_ms``.
+    """The widest of ``widths`` that answers this batch within ``headroom * slo_ms`` and clears
+    at least as many images as arrive while it runs.
 
     ``waited_ms`` is how long the oldest request of the batch has been in the server;
-    ``arrival_rate`` (images per ms, recently) predicts how many arrive while the batch runs:
-    they wait for it, then run at the smallest width at best. When no width qualifies, the
-    smallest runs: it finishes soonest, so the queue behind it drains.
+    ``arrival_rate`` is the recent rate of arriving images per ms (0: ignore the queue's
+    growth). When no width qualifies, the smallest runs: it finishes soonest, so the queue
+    behind it drains.
     """
     if not widths:
         raise ValueError("choose_width needs at least one width")
     ordered = sorted(widths, reverse=True)
-    budget = headroom * slo_ms
-    smallest = ordered[-1]
     for w in ordered:
         run = table.predict(w, batch)
-        behind = math.ceil(arrival_rate * run - 1e-9)
-        after = run + table.predict(smallest, behind) if behind > 0 else 0.0
-        if waited_ms + run <= budget and after <= budget:
+        if waited_ms + run <= headroom * slo_ms and arrival_rate * run <= batch:
             return w
-    return smallest
+    return ordered[-1]
 
 
 def batch_sizes(max_batch: int) -> list[int]:
