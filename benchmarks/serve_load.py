@@ -158,9 +158,16 @@ class Server:
                 raise RuntimeError(f"the server exited with {self.proc.returncode}")
         raise RuntimeError("the server did not start in 300 s")
 
-    def idle(self, timeout: float = 60.0) -> None:
+    def idle(self, timeout: float = 120.0) -> None:
+        """Wait until the server has nothing queued or running (requests whose client gave up
+        are dropped, not computed), so the next run has the machine to itself."""
+
+        def busy() -> bool:
+            health = get(self.port, "/v1/health")
+            return bool(health["queued_images"] or health["running_images"])
+
         deadline = time.time() + timeout
-        while time.time() < deadline and get(self.port, "/v1/health")["queued_images"]:
+        while time.time() < deadline and busy():
             time.sleep(0.2)
         time.sleep(1.0)
 
@@ -209,6 +216,7 @@ def plot(result: dict, path: Path) -> None:
     b.set(xlabel="load (x full-width sustainable rate)", ylabel="served top-1 (%, paper ImageNet)")
     for ax in (a, b):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(LOADS, [f"{x:g}x" for x in LOADS])
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"slimmable serve: {result['model']} at {result['input_size']}px")

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from prometheus_client import generate_latest
 
 import slimmable
 from slimmable.checkpoint import save_checkpoint
@@ -393,3 +394,51 @@ def test_cli_serve_bad_input_is_one_line(capsys):
     assert "neither a file nor a registered model" in err and len(err.strip().splitlines()) == 1
     assert main(["serve", "s_small_cnn", "--width", "0.5"]) == 2
     assert "--policy fixed" in capsys.readouterr().err
+
+
+class _Gated:
+    """A backend whose batches wait until ``gate`` is set."""
+
+    def __init__(self, inner, gate: threading.Event) -> None:
+        self.inner, self.card, self.gate = inner, inner.card, gate
+
+    def check_width(self, w):
+        return self.inner.check_width(w)
+
+    def run(self, x, w):
+        self.gate.wait(60)
+        return self.inner.run(x, w)
+
+
+def test_a_request_whose_client_left_is_not_computed(tmp_path):
+    gate = threading.Event()
+    backend = _Gated(load_backend(_checkpoint(tmp_path / "ck.pt")), gate)
+    table = LatencyTable({w: {1: 1.0} for w in backend.card.width_values})
+    service = SlimmableService(backend, ServeConfig(max_batch=1), table)
+    srv = make_server(service, "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        _wait_for(lambda: srv.started, 60, "the server's start")
+        client = Client(srv.servers[0].sockets[0].getsockname()[1])
+        body = json.dumps({"inputs": np.zeros((1, 1, 8, 8)).tolist()}).encode()
+        with ThreadPoolExecutor(1) as pool:
+            kept = pool.submit(client.predict, body)  # held at the gate
+            _wait_for(lambda: service.batcher.running == 1, 30, "the first batch")
+            with socket.create_connection(("127.0.0.1", client.port)) as s:  # leaves early
+                head = (
+                    f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+                )
+                s.sendall(head.encode() + body)
+                _wait_for(lambda: service.batcher.queued_images() == 1, 30, "the second request")
+            gone = 'slimmable_requests_total{endpoint="predict",status="499"} 1.0'
+            text = lambda: generate_latest(service.metrics.registry).decode()  # noqa: E731
+            _wait_for(lambda: gone in text(), 30, "the disconnect")
+            gate.set()
+            assert kept.result(30)[0] == 200
+        _wait_for(lambda: service.batcher.dropped == 1, 30, "the drop")
+        assert service.batcher.batches == 1
+    finally:
+        gate.set()
+        srv.should_exit = True
+        thread.join(30)

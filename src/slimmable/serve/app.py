@@ -20,7 +20,7 @@ import math
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -84,7 +84,7 @@ class _Job:
     arrived: float  # time.perf_counter() when the request came in
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
-    result: dict = field(default_factory=dict)
+    cancelled: bool = False  # the client went away: nobody waits for the answer
 
 
 class Metrics:
@@ -138,6 +138,8 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name="slimmable-batcher", daemon=True)
         self.arrivals = ArrivalRate()
         self.batches = 0
+        self.dropped = 0  # jobs skipped because their client went away
+        self.running = 0  # images in the batch being computed
 
     def start(self) -> None:
         self._thread.start()
@@ -180,11 +182,19 @@ class Batcher:
                     return None
                 self._cond.wait()
             first = self._queue.popleft()
+            while first.cancelled and self._queue:  # drop what nobody waits for any more
+                self._drop(first)
+                first = self._queue.popleft()
+            if first.cancelled:
+                self._drop(first)
+                return []
             jobs, n = [first], len(first.images)
             rest: collections.deque[_Job] = collections.deque()
             while self._queue:
                 job = self._queue.popleft()
-                if job.width == first.width and n + len(job.images) <= self.config.max_batch:
+                if job.cancelled:
+                    self._drop(job)
+                elif job.width == first.width and n + len(job.images) <= self.config.max_batch:
                     jobs.append(job)
                     n += len(job.images)
                 else:
@@ -193,12 +203,24 @@ class Batcher:
             self.metrics.queue.dec(n)
             return jobs
 
+    def _drop(self, job: _Job) -> None:
+        self.dropped += 1
+        self.metrics.queue.dec(len(job.images))
+
     def _loop(self) -> None:
         while (jobs := self._take()) is not None:
-            self._run(jobs)
+            if jobs:
+                self._run(jobs)
 
     def _run(self, jobs: list[_Job]) -> None:
         x = np.concatenate([j.images for j in jobs]) if len(jobs) > 1 else jobs[0].images
+        self.running = len(x)
+        try:
+            self._compute(jobs, x)
+        finally:
+            self.running = 0
+
+    def _compute(self, jobs: list[_Job], x: np.ndarray) -> None:
         start = time.perf_counter()
         waited_ms = 1e3 * (start - min(j.arrived for j in jobs))
         width = self.choose(jobs[0].width, len(x), waited_ms)
@@ -361,6 +383,21 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def _answered_before_disconnect(request: Request, future: asyncio.Future) -> bool:
+    """Wait for ``future``; ``False`` if the client disconnects first."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({future, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    return future.done()
+
+
 # ---- the application --------------------------------------------------------------------------
 class SlimmableService:
     """The server's state: backend, latency table, batcher and metrics."""
@@ -387,7 +424,11 @@ class SlimmableService:
             loop = asyncio.get_running_loop()
             job = _Job(images, width, top_k, arrived, loop, loop.create_future())
             self.batcher.submit(job)
-            result = await job.future
+            if not await _answered_before_disconnect(request, job.future):
+                job.cancelled = True  # the batcher skips it; nobody reads an answer
+                job.future.cancel()
+                return self.answer("predict", 499, {"error": "the client went away"})
+            result = job.future.result()
         except ClientError as err:
             return self.answer("predict", err.status, {"error": err.message})
         except Exception as err:  # the server's fault, never the client's: still one JSON line
@@ -408,6 +449,7 @@ class SlimmableService:
             "slo_ms": self.config.slo_ms,
             "widths": card.width_values,
             "queued_images": self.batcher.queued_images(),
+            "running_images": self.batcher.running,
         })  # fmt: skip
 
     async def widths(self, request: Request) -> JSONResponse:
