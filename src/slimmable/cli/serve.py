@@ -14,11 +14,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "export --all-widths`, or a zoo name with random weights, for timing) on Starlette + "
         "uvicorn: POST /v1/predict, GET /v1/health, /v1/widths, /metrics. Requests are batched "
         "dynamically; the adaptive policy runs each batch at the widest width whose predicted "
-        "latency plus the time already queued meets --slo-ms. SIGTERM drains and exits.",
+        "latency plus the time already queued meets --slo-ms and that keeps up with the arrivals "
+        "(docs/serving.md has the formula). SIGTERM drains and exits.",
     )
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint, switchable .onnx or zoo name")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free one)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--slo-ms", type=float, default=100.0, help="latency target (default 100)")
     p.add_argument("--policy", choices=("adaptive", "fixed"), default="adaptive")
     p.add_argument("--width", type=float, help="the width of --policy fixed (default: widest)")
