@@ -49,6 +49,10 @@ def test_policy_picks_the_widest_width_that_meets_the_slo():
     assert choose_width(TABLE, widths, 8, 0.0, 50.0, arrival_rate=0.1) == 1.0  # 4.5 arrive
     assert choose_width(TABLE, widths, 1, 0.0, 50.0, arrival_rate=0.2) == 0.5  # 2 vs 0.8
     assert choose_width(TABLE, widths, 1, 0.0, 50.0, arrival_rate=1.0) == 0.25  # none: min
+    # ... with slack: at headroom 0.8, 0.5 width (0.8 of 1 image arriving) still qualifies,
+    # at 0.25 images/ms (1 arriving) it does not
+    assert choose_width(TABLE, widths, 1, 0.0, 50.0, 0.8, arrival_rate=0.19) == 0.5
+    assert choose_width(TABLE, widths, 1, 0.0, 50.0, 0.8, arrival_rate=0.25) == 0.25
     # headroom: only 80% of the SLO is planned with
 
     assert choose_width(TABLE, widths, batch=8, waited_ms=0.0, slo_ms=50.0, headroom=0.8) == 0.5

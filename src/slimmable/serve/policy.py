@@ -3,7 +3,7 @@
 Pure functions over a table of measured latencies, so the choice is testable without a server.
 For a batch of ``n`` images whose oldest request has waited ``q`` ms, the adaptive policy picks
 
-    width = max { w : q + s L(w, n) <= h slo  and  lambda s L(w, n) <= n }
+    width = max { w : q + s L(w, n) <= h slo  and  lambda s L(w, n) <= h n }
                                                         (the smallest width if no w qualifies)
 
 where ``L(w, n)`` is the compute time of a batch of ``n`` images at width ``w`` measured at
@@ -13,10 +13,11 @@ exponential moving average of measured / start-up time over every batch: a machi
 busier slows every width alike), and ``h`` the headroom (``--headroom``, default 0.8): the share
 of the SLO the server's own view of a request may use; the rest covers what it cannot see
 (connection set-up, HTTP parsing, the answer's trip back). The second condition keeps the
-queue from growing: the batch must clear at least as many images as arrive while it runs
-(``lambda``: the images per ms that arrived over the last two seconds). Without it a server at
-twice its full-width capacity kept starting wide batches whenever the queue was short, and the
-requests arriving behind them were late.
+queue from growing: the batch must clear more images than arrive while it runs, by the same
+headroom (``lambda``: the images per ms that arrived over the last two seconds; a queue run
+near full utilisation has unbounded waits, so the width must leave ``1 - h`` of slack).
+Without it a server at twice its full-width capacity kept starting wide batches whenever the
+queue was short, and the requests arriving behind them were late.
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def choose_width(
     headroom: float = 1.0,
     arrival_rate: float = 0.0,
 ) -> float:
-    """The widest of ``widths`` that answers this batch within ``headroom * slo_ms`` and clears
-    at least as many images as arrive while it runs.
+    """The widest of ``widths`` that answers this batch within ``headroom * slo_ms`` and keeps
+    up with the arrivals: ``arrival_rate * time <= headroom * batch``.
 
     ``waited_ms`` is how long the oldest request of the batch has been in the server;
     ``arrival_rate`` is the recent rate of arriving images per ms (0: ignore the queue's
@@ -98,7 +99,7 @@ def choose_width(
     ordered = sorted(widths, reverse=True)
     for w in ordered:
         run = table.predict(w, batch)
-        if waited_ms + run <= headroom * slo_ms and arrival_rate * run <= batch:
+        if waited_ms + run <= headroom * slo_ms and arrival_rate * run <= headroom * batch:
             return w
     return ordered[-1]
 
