@@ -26,13 +26,26 @@ import torch
 from torch import Tensor, nn
 
 from .layers.base import WidthMixin
-from .layers.norm import SwitchableBatchNorm2d, USBatchNorm2d, describe_key
+from .layers.norm import (
+    SlimmableGroupNorm,
+    SlimmableLayerNorm,
+    SwitchableBatchNorm2d,
+    USBatchNorm2d,
+    describe_key,
+)
+from .layers.sliced import is_sliced, materialize_sliced
 from .width import Width, network_key, set_width, width_modules
 
 FORMATS = ("pt", "torchscript", "onnx")
 SUFFIXES = {"pt": ".pt2", "torchscript": ".ts", "onnx": ".onnx"}
 DEFAULT_IMAGE_SIZE = 224
-_SLIMMABLE_LAYER_TYPES = (WidthMixin, SwitchableBatchNorm2d, USBatchNorm2d)
+_SLIMMABLE_LAYER_TYPES = (
+    WidthMixin,
+    SwitchableBatchNorm2d,
+    USBatchNorm2d,
+    SlimmableLayerNorm,
+    SlimmableGroupNorm,
+)
 
 
 # ---- inputs ------------------------------------------------------------------------------------
@@ -133,8 +146,7 @@ def _record_input_channels(model: nn.Module, x: Tensor) -> tuple[dict[int, int],
     names: dict[int, str] = {}
 
     def hook(module: nn.Module, args: tuple) -> None:
-        inp = args[0]
-        c = int(inp.shape[-1] if isinstance(module, nn.Linear) else inp.shape[1])
+        c = int(module.input_channels(args[0]))
         if seen.setdefault(id(module), c) != c:
             raise ValueError(
                 f"layer {names[id(module)]!r} runs twice with different input channels "
@@ -213,6 +225,9 @@ def extract_subnet(
     set_width(net, width)
     x = example_input(net, input_size)
     channels, reference = _record_input_channels(net, x)
+    for m in net.modules():  # a user module's own parameters that follow the channels
+        if is_sliced(m):
+            materialize_sliced(m)
     replacements: dict[int, nn.Module] = {}
     for name, m in net.named_modules():
         if not isinstance(m, _SLIMMABLE_LAYER_TYPES) or id(m) in replacements:
