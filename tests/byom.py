@@ -20,7 +20,7 @@ def _divisible(v: float, d: int = 8) -> int:
     return new + d if new < 0.9 * v else new
 
 
-# ---- VGG-style plain ------------------------------------------------------------------------------
+# ---- VGG-style plain -----------------------------------------------------------------------------
 @dataclass
 class Output:
     logits: Tensor
@@ -39,7 +39,11 @@ class VGG(nn.Module):
             if v == "M":
                 layers.append(nn.MaxPool2d(2))
             else:
-                layers += [nn.Conv2d(c, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU(True)]
+                layers += [
+                    nn.Conv2d(c, v, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(v),
+                    nn.ReLU(True),
+                ]
                 c = v
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
@@ -53,7 +57,7 @@ class VGG(nn.Module):
         return Output(self.classifier(torch.flatten(x, 1)))
 
 
-# ---- ResNet (basic and bottleneck) --------------------------------------------------------------
+# ---- ResNet (basic and bottleneck) ---------------------------------------------------------------
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -147,7 +151,7 @@ def resnext() -> ResNet:
     return ResNet(Bottleneck, (1, 1, 1), planes=(8, 16, 32), groups=4, width=8)
 
 
-# ---- MobileNet v2 -------------------------------------------------------------------------------
+# ---- MobileNet v2 --------------------------------------------------------------------------------
 class InvertedResidual(nn.Module):
     def __init__(self, inp: int, oup: int, stride: int, t: int) -> None:
         super().__init__()
@@ -155,7 +159,11 @@ class InvertedResidual(nn.Module):
         self.use_res_connect = stride == 1 and inp == oup
         layers: list[nn.Module] = []
         if t != 1:
-            layers += [nn.Conv2d(inp, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(True)]
+            layers += [
+                nn.Conv2d(inp, hidden, 1, bias=False),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU6(True),
+            ]
         layers += [
             nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
             nn.BatchNorm2d(hidden),
@@ -194,7 +202,7 @@ class MobileNetV2(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-# ---- MobileNet v3 (SE, hard-swish) --------------------------------------------------------------
+# ---- MobileNet v3 (SE, hard-swish) ---------------------------------------------------------------
 class SqueezeExcitation(nn.Module):
     def __init__(self, c: int, squeeze: int, activation=nn.ReLU, scale=nn.Hardsigmoid) -> None:
         super().__init__()
@@ -216,7 +224,11 @@ class V3Block(nn.Module):
         layers: list[nn.Module] = []
         if exp != inp:
             layers += [nn.Conv2d(inp, exp, 1, bias=False), nn.BatchNorm2d(exp), act()]
-        layers += [nn.Conv2d(exp, exp, k, stride, k // 2, groups=exp, bias=False), nn.BatchNorm2d(exp), act()]
+        layers += [
+            nn.Conv2d(exp, exp, k, stride, k // 2, groups=exp, bias=False),
+            nn.BatchNorm2d(exp),
+            act(),
+        ]
         if se:
             layers.append(SqueezeExcitation(exp, _divisible(exp // 4)))
         layers += [nn.Conv2d(exp, out, 1, bias=False), nn.BatchNorm2d(out)]
@@ -248,7 +260,9 @@ class MobileNetV3(nn.Module):
         for k, exp, out, se, act, s in self.setting:
             layers.append(V3Block(c, k, exp, out, se, act, s))
             c = out
-        layers.append(nn.Sequential(nn.Conv2d(c, 6 * c, 1, bias=False), nn.BatchNorm2d(6 * c), nn.Hardswish()))
+        layers.append(
+            nn.Sequential(nn.Conv2d(c, 6 * c, 1, bias=False), nn.BatchNorm2d(6 * c), nn.Hardswish())
+        )
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(
@@ -259,7 +273,7 @@ class MobileNetV3(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
-# ---- EfficientNet MBConv (SE with SiLU, stochastic depth) -------------------------------------------
+# ---- EfficientNet MBConv (SE with SiLU, stochastic depth) ----------------------------------------
 def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
     if not training or p == 0.0:
         return x
@@ -274,8 +288,16 @@ class MBConv(nn.Module):
         mid = inp * expand
         self.has_skip = stride == 1 and inp == out
         self.drop = p
-        self.expand = nn.Sequential(nn.Conv2d(inp, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.SiLU()) if expand != 1 else nn.Identity()
-        self.dw = nn.Sequential(nn.Conv2d(mid, mid, k, stride, k // 2, groups=mid, bias=False), nn.BatchNorm2d(mid), nn.SiLU())
+        self.expand = (
+            nn.Sequential(nn.Conv2d(inp, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.SiLU())
+            if expand != 1
+            else nn.Identity()
+        )
+        self.dw = nn.Sequential(
+            nn.Conv2d(mid, mid, k, stride, k // 2, groups=mid, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.SiLU(),
+        )
         self.se = SqueezeExcitation(mid, max(1, inp // 4), activation=nn.SiLU, scale=nn.Sigmoid)
         self.project = nn.Sequential(nn.Conv2d(mid, out, 1, bias=False), nn.BatchNorm2d(out))
 
@@ -291,7 +313,9 @@ class EfficientNet(nn.Module):
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.SiLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.SiLU()
+        )
         blocks, c, i = [], 32, 0
         total = sum(n for _, _, n, _, _ in self.setting)
         for e, out, n, k, s in self.setting:
@@ -307,7 +331,7 @@ class EfficientNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-# ---- DenseNet (concatenation) ---------------------------------------------------------------------
+# ---- DenseNet (concatenation) --------------------------------------------------------------------
 class DenseLayer(nn.Module):
     def __init__(self, inp: int, growth: int, bn_size: int) -> None:
         super().__init__()
@@ -349,7 +373,12 @@ class DenseNet(nn.Module):
             if i != len(blocks) - 1:
                 self.features.add_module(
                     f"transition{i + 1}",
-                    nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False), nn.AvgPool2d(2)),
+                    nn.Sequential(
+                        nn.BatchNorm2d(c),
+                        nn.ReLU(),
+                        nn.Conv2d(c, c // 2, 1, bias=False),
+                        nn.AvgPool2d(2),
+                    ),
                 )
                 c //= 2
         self.features.add_module("norm5", nn.BatchNorm2d(c))
@@ -360,7 +389,7 @@ class DenseNet(nn.Module):
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(out, (1, 1)), 1))
 
 
-# ---- Inception-style multi-branch ---------------------------------------------------------------
+# ---- Inception-style multi-branch ----------------------------------------------------------------
 class BasicConv(nn.Module):
     def __init__(self, inp: int, out: int, **kw) -> None:
         super().__init__()
@@ -405,7 +434,7 @@ class Inception(nn.Module):
         return {"logits": self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))}
 
 
-# ---- ShuffleNet v2 (split, concat, shuffle) -------------------------------------------------------
+# ---- ShuffleNet v2 (split, concat, shuffle) ------------------------------------------------------
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     b, c, h, w = x.size()
     x = x.view(b, groups, c // groups, h, w)
@@ -420,17 +449,25 @@ class ShuffleUnit(nn.Module):
         branch = oup // 2
         if stride > 1:
             self.branch1 = nn.Sequential(
-                nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False), nn.BatchNorm2d(inp),
-                nn.Conv2d(inp, branch, 1, bias=False), nn.BatchNorm2d(branch), nn.ReLU(inplace=True),
-            )  # fmt: skip
+                nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False),
+                nn.BatchNorm2d(inp),
+                nn.Conv2d(inp, branch, 1, bias=False),
+                nn.BatchNorm2d(branch),
+                nn.ReLU(inplace=True),
+            )
         else:
             self.branch1 = nn.Sequential()
         inner = inp if stride > 1 else branch
         self.branch2 = nn.Sequential(
-            nn.Conv2d(inner, branch, 1, bias=False), nn.BatchNorm2d(branch), nn.ReLU(inplace=True),
-            nn.Conv2d(branch, branch, 3, stride, 1, groups=branch, bias=False), nn.BatchNorm2d(branch),
-            nn.Conv2d(branch, branch, 1, bias=False), nn.BatchNorm2d(branch), nn.ReLU(inplace=True),
-        )  # fmt: skip
+            nn.Conv2d(inner, branch, 1, bias=False),
+            nn.BatchNorm2d(branch),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(branch, branch, 3, stride, 1, groups=branch, bias=False),
+            nn.BatchNorm2d(branch),
+            nn.Conv2d(branch, branch, 1, bias=False),
+            nn.BatchNorm2d(branch),
+            nn.ReLU(inplace=True),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         if self.stride == 1:
@@ -442,16 +479,28 @@ class ShuffleUnit(nn.Module):
 
 
 class ShuffleNetV2(nn.Module):
-    def __init__(self, repeats=(2, 2), channels=(24, 48, 96), last: int = 128, num_classes: int = 10):
+    def __init__(
+        self, repeats=(2, 2), channels=(24, 48, 96), last: int = 128, num_classes: int = 10
+    ):
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(3, channels[0], 3, 1, 1, bias=False), nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True))
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(3, channels[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(channels[0]),
+            nn.ReLU(inplace=True),
+        )
         c = channels[0]
         stages = []
         for n, out in zip(repeats, channels[1:], strict=True):
-            stages.append(nn.Sequential(ShuffleUnit(c, out, 2), *[ShuffleUnit(out, out, 1) for _ in range(n - 1)]))
+            stages.append(
+                nn.Sequential(
+                    ShuffleUnit(c, out, 2), *[ShuffleUnit(out, out, 1) for _ in range(n - 1)]
+                )
+            )
             c = out
         self.stages = nn.Sequential(*stages)
-        self.conv5 = nn.Sequential(nn.Conv2d(c, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU(inplace=True))
+        self.conv5 = nn.Sequential(
+            nn.Conv2d(c, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU(inplace=True)
+        )
         self.fc = nn.Linear(last, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -459,7 +508,7 @@ class ShuffleNetV2(nn.Module):
         return self.fc(x.mean([2, 3]))
 
 
-# ---- ConvNeXt (7x7 depthwise, channels-last LayerNorm, layer scale) -------------------------------
+# ---- ConvNeXt (7x7 depthwise, channels-last LayerNorm, layer scale) ------------------------------
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of an NCHW tensor, by permuting to channels-last."""
 
@@ -507,27 +556,39 @@ class ConvNeXt(nn.Module):
         for i, (d, n) in enumerate(zip(dims, depths, strict=True)):
             layers.append(nn.Sequential(*[CNBlock(d) for _ in range(n)]))
             if i + 1 < len(dims):
-                layers.append(nn.Sequential(LayerNorm2d(d, eps=1e-6), nn.Conv2d(d, dims[i + 1], 2, 2)))
+                layers.append(
+                    nn.Sequential(LayerNorm2d(d, eps=1e-6), nn.Conv2d(d, dims[i + 1], 2, 2))
+                )
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(LayerNorm2d(dims[-1], eps=1e-6), nn.Flatten(1), nn.Linear(dims[-1], num_classes))
+        self.classifier = nn.Sequential(
+            LayerNorm2d(dims[-1], eps=1e-6), nn.Flatten(1), nn.Linear(dims[-1], num_classes)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.avgpool(self.features(x)))
 
 
-# ---- RegNet (grouped convolutions + SE) -----------------------------------------------------------
+# ---- RegNet (grouped convolutions + SE) ----------------------------------------------------------
 class RegNetBlock(nn.Module):
     def __init__(self, inp: int, out: int, stride: int, group_width: int, se_ratio: float = 0.25):
         super().__init__()
         groups = out // group_width
-        self.a = nn.Sequential(nn.Conv2d(inp, out, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True))
-        self.b = nn.Sequential(nn.Conv2d(out, out, 3, stride, 1, groups=groups, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True))
-        self.se = SqueezeExcitation(out, max(1, int(round(inp * se_ratio))), scale=nn.Sigmoid)
+        self.a = nn.Sequential(
+            nn.Conv2d(inp, out, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)
+        )
+        self.b = nn.Sequential(
+            nn.Conv2d(out, out, 3, stride, 1, groups=groups, bias=False),
+            nn.BatchNorm2d(out),
+            nn.ReLU(inplace=True),
+        )
+        self.se = SqueezeExcitation(out, max(1, round(inp * se_ratio)), scale=nn.Sigmoid)
         self.c = nn.Sequential(nn.Conv2d(out, out, 1, bias=False), nn.BatchNorm2d(out))
         self.proj = None
         if stride != 1 or inp != out:
-            self.proj = nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+            self.proj = nn.Sequential(
+                nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.proj is None else self.proj(x)
@@ -535,9 +596,13 @@ class RegNetBlock(nn.Module):
 
 
 class RegNet(nn.Module):
-    def __init__(self, widths=(32, 64), depths=(1, 2), group_width: int = 16, num_classes: int = 10):
+    def __init__(
+        self, widths=(32, 64), depths=(1, 2), group_width: int = 16, num_classes: int = 10
+    ):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True)
+        )
         blocks, c = [], 16
         for w, d in zip(widths, depths, strict=True):
             for i in range(d):
@@ -550,13 +615,17 @@ class RegNet(nn.Module):
         return self.head(F.adaptive_avg_pool2d(self.trunk(self.stem(x)), 1).flatten(1))
 
 
-# ---- U-Net (skip concatenations) ----------------------------------------------------------------
+# ---- U-Net (skip concatenations) -----------------------------------------------------------------
 class DoubleConv(nn.Sequential):
     def __init__(self, inp: int, out: int) -> None:
         super().__init__(
-            nn.Conv2d(inp, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True),
-            nn.Conv2d(out, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True),
-        )  # fmt: skip
+            nn.Conv2d(inp, out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out, out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out),
+            nn.ReLU(inplace=True),
+        )
 
 
 class Up(nn.Module):

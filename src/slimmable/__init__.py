@@ -6,6 +6,7 @@ in-place distillation, post-training BN calibration) and AutoSlim channel search
 
 from .calibrate import calibrate, calibrated_widths, is_calibrated
 from .compile import compile_slimmable
+from .converter import ConversionError, convert
 from .evaluate import evaluate
 from .export import extract_subnet
 from .latency import measure_latency
@@ -16,6 +17,7 @@ from .layers import (
     USBatchNorm2d,
     USConv2d,
     USLinear,
+    freeze,
     make_divisible,
 )
 from .models import create_model, list_models, register_model
@@ -36,6 +38,7 @@ from .width import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConversionError",
     "SlimmableConv2d",
     "SlimmableLinear",
     "SwitchableBatchNorm2d",
@@ -47,9 +50,11 @@ __all__ = [
     "calibrate",
     "calibrated_widths",
     "compile_slimmable",
+    "convert",
     "create_model",
     "evaluate",
     "extract_subnet",
+    "freeze",
     "get_width",
     "is_calibrated",
     "list_models",

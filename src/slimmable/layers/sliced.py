@@ -27,12 +27,15 @@ _ORIGINAL = "_slimmable_original_class"
 
 @dataclass(frozen=True)
 class SliceSpec:
-    """Attribute ``dim`` follows ``channels`` (one part, or a concatenation's layout);
-    ``shape``: the attribute is a size tuple, ``(active channels,)``."""
+    """Attribute ``dim`` follows ``channels`` (one part, or a concatenation's layout).
+
+    ``kind``: ``"tensor"`` (a parameter or buffer, sliced along ``dim``), ``"shape"`` (a size
+    tuple, ``(active channels,)``: ``normalized_shape``) or ``"size"`` (an int: ``num_features``).
+    """
 
     dim: int
     channels: ChannelSegment | ChannelLayout
-    shape: bool = False
+    kind: str = "tensor"
 
     @property
     def size(self) -> int:
@@ -54,8 +57,10 @@ class SliceSpec:
 def _attribute(name: str) -> property:
     def get(self: nn.Module):
         spec = self.__dict__[_SLICES][name]
-        if spec.shape:
+        if spec.kind == "shape":
             return (spec.count(),)
+        if spec.kind == "size":
+            return spec.count()
         raw = self._parameters[name] if name in self._parameters else self._buffers[name]
         return None if raw is None else spec.apply(raw)
 
@@ -82,7 +87,7 @@ def make_sliced(module: nn.Module, specs: Mapping[str, SliceSpec]) -> None:
     if _SLICES in module.__dict__:
         raise ValueError(f"{type(module).__name__} is already sliced")
     for name, spec in specs.items():
-        if spec.shape:
+        if spec.kind != "tensor":
             continue
         t = module._parameters.get(name, module._buffers.get(name))
         if not isinstance(t, Tensor) or t.shape[spec.dim] != spec.size:
@@ -108,7 +113,7 @@ def materialize_sliced(module: nn.Module) -> None:
     values = {name: getattr(module, name) for name in specs}
     unmake_sliced(module)
     for name, value in values.items():
-        if specs[name].shape:
+        if specs[name].kind != "tensor":
             module.__dict__[name] = value
         elif name in module._parameters:
             old = module._parameters[name]
@@ -118,18 +123,18 @@ def materialize_sliced(module: nn.Module) -> None:
             module._buffers[name] = value.detach().clone()
 
 
-
-
 # ---- a user's Conv2d subclass with its own forward -----------------------------------------------
 class SlicedConv2d(WidthMixin):
     """Mixed before a user's ``nn.Conv2d`` subclass whose own forward calls
-    ``F.conv2d(x, self.weight, self.bias, ..., self.groups)`` (e.g. 'same' padding): ``weight``,
-    ``bias`` and ``groups`` read the active slices, so that forward runs at any width. Its output
-    channels follow its width like any slimmable conv; its inputs follow ``input_channels_spec``
-    (the part or concatenation the input is made of; ``None``: the input never slims)."""
+    ``F.conv2d(x, self.weight, self.bias, ..., self.groups)`` (e.g. 'same' padding), or before
+    ``nn.ConvTranspose2d``: ``weight``, ``bias`` and ``groups`` read the active slices, so the
+    module's own forward runs at any width. Its output channels follow its width like any
+    slimmable conv; its inputs follow ``input_channels_spec`` (the part or concatenation the input
+    is made of; ``None``: the input never slims)."""
 
     depthwise: bool
     fixed_in: bool
+    transposed: bool  # a ConvTranspose2d: its weight is (in, out, kh, kw)
     input_channels_spec: ChannelSegment | ChannelLayout | None
 
     def input_channels(self, x: Tensor) -> int:
@@ -164,6 +169,8 @@ class SlicedConv2d(WidthMixin):
         w = self._parameters["weight"]
         n, index = self._input_count()
         out, in_per_group, _ = self.active_shape(n)
+        if self.transposed:
+            return gather(w, 0, in_per_group, index)[:, :out]
         if self.depthwise:
             return gather(w, 0, out, index)
         return gather(w[:out], 1, in_per_group, index)
@@ -188,28 +195,36 @@ class SlicedConv2d(WidthMixin):
         finally:
             self.input_channels_spec = spec
         unmake_sliced_conv(dense)
-        dense.weight = nn.Parameter(weight.detach().clone(), self._parameters["weight"].requires_grad)
+        dense.weight = nn.Parameter(
+            weight.detach().clone(), self._parameters["weight"].requires_grad
+        )
         if bias is not None:
             dense.bias = nn.Parameter(bias.detach().clone(), self._parameters["bias"].requires_grad)
-        dense.groups, dense.in_channels, dense.out_channels = groups, in_channels, weight.shape[0]
+        out = weight.shape[1] if self.transposed else weight.shape[0]
+        dense.groups, dense.in_channels, dense.out_channels = groups, in_channels, out
         return dense
 
 
 _CONV_CLASSES: dict[type, type] = {}
+_CONV_STATE = (  # what make_sliced_conv adds to the instance
+    "depthwise", "fixed_in", "transposed", "input_channels_spec", "policy", "width", "divisor",
+    "ratio", "fixed_out", "_full_channels", "out_channels_list", "active_out",
+)  # fmt: skip
 
 
 def make_sliced_conv(
-    module: nn.Conv2d,
+    module: nn.Conv2d | nn.ConvTranspose2d,
     policy: WidthPolicy,
     *,
     depthwise: bool,
+    transposed: bool,
     fixed_in: bool,
     fixed_out: bool,
     divisor: int,
     ratio: int,
     input_channels_spec: ChannelSegment | ChannelLayout | None,
 ) -> None:
-    """Make a user's Conv2d subclass (with its own forward) slimmable in place."""
+    """Make a Conv2d subclass with its own forward (or a ConvTranspose2d) slimmable in place."""
     cls = type(module)
     if cls not in _CONV_CLASSES:
         _CONV_CLASSES[cls] = type(cls.__name__, (SlicedConv2d, cls), {"__module__": __name__})
@@ -218,7 +233,7 @@ def make_sliced_conv(
     module.__class__ = _CONV_CLASSES[cls]
     module.__dict__.pop("groups", None)
     module.__dict__["_full_groups"] = groups
-    module.depthwise, module.fixed_in = depthwise, fixed_in
+    module.depthwise, module.fixed_in, module.transposed = depthwise, fixed_in, transposed
     module.input_channels_spec = input_channels_spec
     module._init_width(
         policy, module.out_channels, divisor=divisor, ratio=ratio, fixed_out=fixed_out,
@@ -230,10 +245,7 @@ def unmake_sliced_conv(module: nn.Module) -> None:
     """Give a sliced conv back its own class and plain attributes."""
     groups = module.__dict__.pop("_full_groups")
     module.__class__ = module.__dict__.pop(_ORIGINAL)
-    for name in (
-        "depthwise", "fixed_in", "input_channels_spec", "policy", "width", "divisor", "ratio",
-        "fixed_out", "_full_channels", "out_channels_list", "active_out",
-    ):  # fmt: skip
+    for name in _CONV_STATE:
         module.__dict__.pop(name, None)
     module.groups = groups
 

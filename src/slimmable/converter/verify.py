@@ -9,7 +9,6 @@ channel counts) is an error naming the module.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,24 +17,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
+from ..export import max_difference
 from ..width import set_width
 from .plan import ConversionError, Plan
-from .trace import outputs_of
-
-
-def max_difference(a: Any, b: Any) -> tuple[float, float]:
-    """``(largest absolute difference, largest magnitude)`` of two outputs of one structure."""
-    ta, tb = list(outputs_of(a)), list(outputs_of(b))
-    if len(ta) != len(tb) or any(x.shape != y.shape for x, y in zip(ta, tb, strict=True)):
-        return math.inf, 0.0
-    diff, scale = 0.0, 0.0
-    for x, y in zip(ta, tb, strict=True):
-        if x.numel() and x.is_floating_point():
-            diff = max(diff, (x.double() - y.double()).abs().max().item())
-            scale = max(scale, y.double().abs().max().item())
-        elif x.numel() and not torch.equal(x, y):
-            diff = math.inf
-    return diff, scale
 
 
 @contextmanager
@@ -96,9 +80,13 @@ def check_width(model: nn.Module, inputs: tuple[Tensor, ...], plan: Plan, width:
     names = {name for name, _ in expected}
     calls: list[tuple[str, list[Tensor]]] = []
     try:
-        with torch.no_grad(), any_width_statistics(model), set_width(model, width):
-            with module_outputs(model, names) as calls:
-                model(*inputs)
+        with (
+            torch.no_grad(),
+            any_width_statistics(model),
+            set_width(model, width),
+            module_outputs(model, names) as calls,
+        ):
+            model(*inputs)
     except Exception as err:  # a shape error inside the user's code at this width
         where = calls[-1][0] if calls else "the first module"
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -119,9 +107,10 @@ def check_width(model: nn.Module, inputs: tuple[Tensor, ...], plan: Plan, width:
                 want[info.dim] = plan.layout_count(info.layout, width)  # type: ignore[index]
             if list(t.shape) != want:
                 raise ConversionError(
-                    f"at width {width:g} module {name!r} gives {list(t.shape)}, but the channels "
-                    f"it was traced with predict {want}; its code reshapes channels in a way "
-                    "the converter misread (keep them whole with fixed=[...])"
+                    f"at width {width:g} module {name!r} gives {list(t.shape)} where {want} was "
+                    "expected: code up to it reshapes the channels with fixed sizes (e.g. "
+                    "view(-1, C * H * W)); compute sizes from the tensor (x.flatten(1)) or keep "
+                    "those channels whole with fixed=[...]"
                 )
     if len(calls) != len(expected):
         raise ConversionError(

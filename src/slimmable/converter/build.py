@@ -158,13 +158,23 @@ def _batch_norm(plan: Plan, call: LayerCall, opts: Options) -> nn.Module:
         counts = [plan.layout_count(call.inputs, w) for w in sorted(opts.widths)]
         device, dtype = m.running_mean.device, m.running_mean.dtype
         return SwitchableBatchNorm2d(
-            m.num_features, opts.widths, channels_list=counts, eps=m.eps, momentum=m.momentum,
-            affine=m.affine, device=device, dtype=dtype,
-        )  # fmt: skip  # filled by load_dense once its layout is attached
+            m.num_features,
+            opts.widths,
+            channels_list=counts,
+            eps=m.eps,
+            momentum=m.momentum,
+            affine=m.affine,
+            device=device,
+            dtype=dtype,
+        )  # filled by load_dense once its layout is attached
     new = USBatchNorm2d(
-        m.num_features, m.eps, m.momentum, m.affine, device="meta",
+        m.num_features,
+        m.eps,
+        m.momentum,
+        m.affine,
+        device="meta",
         uncalibrated="running" if opts.norm == "shared" else "error",
-    )  # fmt: skip
+    )
     if m.affine:
         new.weight, new.bias = m.weight, m.bias
     new.running_mean, new.running_var = m.running_mean, m.running_var
@@ -218,7 +228,7 @@ def _runtime_layout(plan: Plan, layout: Layout, new: dict[str, nn.Module]) -> Ch
 def needs_conversion(plan: Plan, call: LayerCall) -> bool:
     if call.kind == "bn":
         return True  # its input statistics change with any width upstream
-    if call.kind in ("plain", "unsupported"):
+    if call.kind in ("plain", "unsupported", "in"):  # "in": sliced like a parameter's owner
         return False
     return plan.slims(call.inputs) or plan.slims(call.outputs)
 
@@ -250,15 +260,20 @@ def build(model: nn.Module, plan: Plan, opts: Options) -> tuple[Swap, dict[str, 
                 getattr(layer, attr).update(getattr(call.module, attr))
         new[name] = layer
     swap = Swap()
-    for name, call in custom.items():
+    for call in custom.values():
         kw = _layer_kwargs(plan, call, opts)
         spec = _spec_layout(plan, call.inputs, new) if plan.slims(call.inputs) else None
         make_sliced_conv(
-            call.module, make_policy(opts.widths, opts.width_range),
-            depthwise=call.kind == "depthwise", fixed_in=kw["fixed_in"],
-            fixed_out=kw["fixed_out"] and call.kind != "depthwise", divisor=kw["divisor"],
-            ratio=kw["ratio"], input_channels_spec=spec,
-        )  # fmt: skip
+            call.module,
+            make_policy(opts.widths, opts.width_range),
+            depthwise=call.kind == "depthwise",
+            transposed=call.kind == "convT",
+            fixed_in=kw["fixed_in"],
+            fixed_out=kw["fixed_out"] and call.kind != "depthwise",
+            divisor=kw["divisor"],
+            ratio=kw["ratio"],
+            input_channels_spec=spec,
+        )
         swap.convs.append(call.module)
     for name, layer in new.items():  # layouts point at the converted producers
         call = calls[name]
@@ -295,9 +310,9 @@ def _slice_parameters(model: nn.Module, plan: Plan, new: dict[str, nn.Module], s
             )
     for use in plan.trace.attrs:
         if plan.slims(use.layout):
-            specs.setdefault(use.module, {})[use.attr] = SliceSpec(
-                -1, _spec_layout(plan, use.layout, new), shape=True
-            )
+            kind = "size" if use.attr == "num_features" else "shape"
+            layout = _spec_layout(plan, use.layout, new)
+            specs.setdefault(use.module, {})[use.attr] = SliceSpec(-1, layout, kind)
     modules = dict(model.named_modules())
     for owner, attrs in specs.items():
         module = modules[owner]
@@ -307,7 +322,9 @@ def _slice_parameters(model: nn.Module, plan: Plan, new: dict[str, nn.Module], s
         swap.sliced.append(module)
 
 
-def _spec_layout(plan: Plan, layout: Layout, new: dict[str, nn.Module]) -> ChannelLayout | ChannelSegment:
+def _spec_layout(
+    plan: Plan, layout: Layout, new: dict[str, nn.Module]
+) -> ChannelLayout | ChannelSegment:
     if len(layout) == 1:
         seg = layout[0]
         cls = plan.of(seg.space)

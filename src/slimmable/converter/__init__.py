@@ -40,7 +40,7 @@ def register_rule(op: str, rule: str | Rule) -> None:
     ``rule`` is ``"elementwise"`` (its tensor arguments broadcast and their channels tie),
     ``"passthrough"`` (the output is laid out like its first argument), ``"no_channels"`` (its
     output has no channel dimension of the model's), or a function with the signature of the
-    built-in rules in :mod:`slimmable.convert.rules`.
+    built-in rules in :mod:`slimmable.converter.rules`.
     """
     name = op.removeprefix("aten.").split(".")[0]
     _USER_RULES[name] = _KINDS[rule] if isinstance(rule, str) else rule
@@ -106,7 +106,9 @@ def _options(
     if norm not in NORMS:
         raise ConversionError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
     if norm == "switchable" and widths is None:
-        raise ConversionError("norm='switchable' needs widths=[...]; use norm='us' with width_range")
+        raise ConversionError(
+            "norm='switchable' needs widths=[...]; use norm='us' with width_range"
+        )
     if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 1:
         raise ConversionError(f"divisor must be a positive integer, got {divisor!r}")
     patterns = (fixed,) if isinstance(fixed, str) else tuple(fixed)
@@ -175,6 +177,11 @@ def convert(
         raise ConversionError(f"the model's forward failed on example_inputs: {first}") from None
     mark_fixed(trace, opts.fixed)
     plan = make_plan(trace, opts.divisor)
+    if not any(c.slims for c in plan.classes.values()):
+        reasons = sorted({c.fixed[0] for c in plan.classes.values()})
+        raise ConversionError(
+            f"nothing in this model slims: every channel stays whole ({'; '.join(reasons)})"
+        )
     swap, new = build(model, plan, opts)
     try:
         conversion = _describe(plan, opts, inputs, new)
@@ -185,7 +192,7 @@ def convert(
         was_training = model.training
         model.eval()
         try:
-            lo, hi = opts.bounds
+            hi = opts.bounds[1]
             if hi == 1.0:
                 check_full_width(model, inputs, trace.result, hi, atol, original_calls)
             for w in _check_widths(plan, opts):

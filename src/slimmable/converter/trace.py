@@ -11,17 +11,18 @@ every channel it touches turns out fixed.
 
 from __future__ import annotations
 
-import dataclasses
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from ..export import output_tensors as outputs_of
 from .spaces import Layout, Seg, Space
 
 
@@ -109,22 +110,22 @@ class Trace:
 # (a hazard) unless the channels they touch stay whole.
 SUPPORTED = {
     nn.Conv2d: "conv",
+    nn.ConvTranspose2d: "convT",
     nn.Linear: "linear",
     nn.BatchNorm2d: "bn",
     nn.LayerNorm: "ln",
     nn.GroupNorm: "gn",
+    nn.InstanceNorm2d: "in",
 }
 UNSUPPORTED = (
     nn.Conv1d,
     nn.Conv3d,
     nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
     nn.ConvTranspose3d,
     nn.BatchNorm1d,
     nn.BatchNorm3d,
     nn.SyncBatchNorm,
     nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
     nn.InstanceNorm3d,
     nn.LocalResponseNorm,
     nn.Embedding,
@@ -141,7 +142,7 @@ def layer_kind(module: nn.Module) -> str | None:
     for cls, kind in SUPPORTED.items():
         if isinstance(module, cls) and type(module).forward is cls.forward:
             return kind
-    if isinstance(module, UNSUPPORTED) and not isinstance(module, nn.LazyModuleMixin):
+    if isinstance(module, UNSUPPORTED) and not isinstance(module, LazyModuleMixin):
         return "unsupported"
     return None
 
@@ -202,16 +203,29 @@ class Recorder(TorchDispatchMode):
         if not self.stack:
             return "the model's forward"
         m = self.stack[-1]
-        name = self.names.get(id(m), "?") or "<root>"
-        return f"module {name!r} ({type(m).__name__})"
+        name = self.names.get(id(m), "?")
+        return (
+            f"module {name!r} ({type(m).__name__})"
+            if name
+            else f"the forward of {type(m).__name__}"
+        )
 
     def module_name(self) -> str:
         return self.names.get(id(self.stack[-1]), "") if self.stack else ""
 
-    def hazard(self, what: str, infos: list[Info], op: str) -> None:
+    def hazard(
+        self, what: str, infos: list[Info], op: str, *, layer: nn.Module | None = None
+    ) -> None:
+        """``op`` (in the current module, or the torch ``layer`` itself) ``what``: an error
+        unless every channel space of ``infos`` turns out fixed."""
         spaces = [seg.space for i in infos if i.tracked for seg in i.layout]
-        if spaces:
-            self.trace.hazards.append(Hazard(f"{op} in {self.where()} {what}", spaces))
+        if not spaces:
+            return
+        if layer is not None:
+            message = f"{type(layer).__name__} {self.names.get(id(layer), '')!r} {what}"
+        else:
+            message = f"{op} in {self.where()} {what}"
+        self.trace.hazards.append(Hazard(message, spaces))
 
     # ---- the dispatch hook -----------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -246,24 +260,6 @@ class Recorder(TorchDispatchMode):
         shapes = [(tuple(t.shape), self.info(t)) for t in outs]
         self.trace.module_outputs.append((self.names.get(id(module), ""), shapes))
         self.stack.pop()
-
-
-def outputs_of(value: Any) -> Iterator[Tensor]:
-    """Every tensor in a model's output: tensors, sequences, mappings, dataclasses, objects."""
-    if isinstance(value, Tensor):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from outputs_of(v)
-    elif isinstance(value, list | tuple):
-        for v in value:
-            yield from outputs_of(v)
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for f in dataclasses.fields(value):
-            yield from outputs_of(getattr(value, f.name))
-    elif hasattr(value, "__dict__") and not isinstance(value, nn.Module | type):
-        for v in vars(value).values():
-            yield from outputs_of(v)
 
 
 def record(

@@ -72,7 +72,9 @@ class Plan:
 
     def groups(self) -> list[list[str]]:
         """Layers whose output channels are tied, for ``model.channel_groups()``."""
-        return [list(c.producers) for c in self.classes.values() if c.slims and len(c.producers) > 1]
+        return [
+            list(c.producers) for c in self.classes.values() if c.slims and len(c.producers) > 1
+        ]
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -116,7 +118,9 @@ def _expansion_ratio(cls: ChannelClass, trace: Trace, calls: dict[str, LayerCall
 
 def _who(cls: ChannelClass) -> str:
     if cls.producers:
-        return ", ".join(repr(p) for p in cls.producers[:3]) + (" ..." if len(cls.producers) > 3 else "")
+        return ", ".join(repr(p) for p in cls.producers[:3]) + (
+            " ..." if len(cls.producers) > 3 else ""
+        )
     return cls.root.origin
 
 
@@ -145,7 +149,7 @@ def make_plan(trace: Trace, divisor: int) -> Plan:
             who = ", ".join(dict.fromkeys(_who(c) for c in open_))
             raise ConversionError(
                 f"{hazard.message}; keep those channels whole with fixed=[{who}], or teach the "
-                "converter with slimmable.convert.register_rule"
+                "converter with slimmable.converter.register_rule"
             )
     calls = {c.name: c for c in trace.calls}
     for cls in plan.classes.values():

@@ -210,16 +210,23 @@ def view(rec: Recorder, name: str, args: tuple, kwargs: dict, out: Any) -> list[
         elif len(si) >= 2 and len(sj) == 1:
             result = _merge_channels(rec, info, si, a, sj[0], name)
         if result is None:
-            rec.hazard(f"reshapes the channels {a} -> {b} in a way the converter cannot follow",
-                       [info], f"aten.{name}")  # fmt: skip
+            rec.hazard(
+                f"reshapes the channels {a} -> {b} in a way the converter cannot follow",
+                [info],
+                f"aten.{name}",
+            )
             return [UNTRACKED]
     assert result is not None
     if info.split is not None and result.split is None and info.split[0] in mapping:
-        result = Info(dim=result.dim, layout=result.layout, split=(mapping[info.split[0]], info.split[1]))
+        result = Info(
+            dim=result.dim, layout=result.layout, split=(mapping[info.split[0]], info.split[1])
+        )
     return [result]
 
 
-def _split_channels(rec: Recorder, info: Info, sj: list[int], b: list[int], name: str) -> Info | None:
+def _split_channels(
+    rec: Recorder, info: Info, sj: list[int], b: list[int], name: str
+) -> Info | None:
     """``(..., C, ...) -> (..., g, C // g, ...)``: ``g`` equal groups of the channels."""
     g, within = b[sj[0]], b[sj[1]]
     layout = info.layout
@@ -380,17 +387,23 @@ def cat(rec: Recorder, name: str, args: tuple, kwargs: dict, out: Any) -> list[I
             if i.tracked and i.dim == d:
                 layout += i.layout
             elif i.tracked:
-                rec.hazard("concatenates channels with a tensor whose channels lie elsewhere",
-                           [i], f"aten.{name}")  # fmt: skip
+                rec.hazard(
+                    "concatenates channels with a tensor whose channels lie elsewhere",
+                    [i],
+                    f"aten.{name}",
+                )
                 return [UNTRACKED]
             else:  # a tensor made in forward, or a parameter: its channels never slim
-                layout += rec.fixed_layout(t.shape[d], f"a tensor concatenated in {rec.where()}",
-                                           f"it is concatenated in {rec.where()} at a fixed size")  # fmt: skip
+                here = rec.where()
+                why = f"it is concatenated in {here} at a fixed size"
+                layout += rec.fixed_layout(t.shape[d], f"a tensor concatenated in {here}", why)
         return [Info(dim=d, layout=layout)]
-    first_t, base = tracked[0]
-    for t, i in tracked[1:]:
+    base = tracked[0][1]
+    for _, i in tracked[1:]:
         if i.dim != base.dim or not tie(rec, base.layout, i.layout, f"aten.{name}"):
-            rec.hazard("concatenates tensors whose channels do not line up", [base, i], f"aten.{name}")
+            rec.hazard(
+                "concatenates tensors whose channels do not line up", [base, i], f"aten.{name}"
+            )
     return [Info(dim=base.dim, layout=base.layout)]
 
 
@@ -533,7 +546,9 @@ def pixel_shuffle(rec: Recorder, name: str, args: tuple, kwargs: dict, out: Any)
     if not info.tracked:
         return [UNTRACKED]
     if info.dim != x.dim() - 3:
-        rec.hazard("shuffles pixels across a dimension that is not the channels", [info], f"aten.{name}")
+        rec.hazard(
+            "shuffles pixels across a dimension that is not the channels", [info], f"aten.{name}"
+        )
         return [UNTRACKED]
     k = r * r
     if name == "pixel_unshuffle":
@@ -564,8 +579,9 @@ def channel_shuffle(rec: Recorder, name: str, args: tuple, kwargs: dict, out: An
 
 
 # ---- matrix products ---------------------------------------------------------------------------
-def _contract(rec: Recorder, a: Tensor, ia: Info, da: int, b: Tensor, ib: Info, db: int,
-              name: str) -> None:  # fmt: skip
+def _contract(
+    rec: Recorder, a: Tensor, ia: Info, da: int, b: Tensor, ib: Info, db: int, name: str
+) -> None:
     """``a``'s dim ``da`` is summed against ``b``'s dim ``db``: channels there must match."""
     if ia.tracked and ia.dim == da:
         if ib.tracked and ib.dim == db:
@@ -620,7 +636,12 @@ def _module_attr(rec: Recorder, value: tuple) -> str | None:
 
 def layer_norm(rec: Recorder, name: str, args: tuple, kwargs: dict, out: Any) -> list[Info]:
     """``F.layer_norm`` in a model's own code (e.g. a LayerNorm2d that permutes around it)."""
-    x, shape, weight, bias = args[0], list(args[1]), _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
+    x, shape, weight, bias = (
+        args[0],
+        list(args[1]),
+        _arg(args, kwargs, 2, "weight"),
+        _arg(args, kwargs, 3, "bias"),
+    )
     info = rec.info(x)
     n = len(_outs(out))
     if not info.tracked or info.dim < x.dim() - len(shape):  # type: ignore[operator]
@@ -684,17 +705,24 @@ def convolution(rec: Recorder, name: str, args: tuple, kwargs: dict, out: Any) -
         and (not info.tracked or info.dim == 1)
     ):
         layer = rec.module_name()
-        inputs = info.layout if info.tracked else rec.fixed_layout(
-            x.shape[1], f"the input of {layer!r}", f"it is the input of {layer!r}, made in forward"
-        )  # fmt: skip
+        inputs = (
+            info.layout
+            if info.tracked
+            else rec.fixed_layout(
+                x.shape[1],
+                f"the input of {layer!r}",
+                f"it is the input of {layer!r}, made in forward",
+            )
+        )
         return [_conv_call(rec, module, layer, info, inputs, y.shape[1], info.tracked, True)]
     if info.tracked:
         if info.dim != 1 or transposed or groups != 1 or iw.origins is None:
             rec.hazard("is a convolution in the model's own code", [info], f"aten.{name}")
         else:
             _use_params(rec, iw, 1, info.layout)
-    layout = rec.fixed_layout(y.shape[1], f"a convolution in {rec.where()}",
-                              f"it comes out of a convolution in the code of {rec.where()}")  # fmt: skip
+    here = rec.where()
+    why = f"it comes out of a convolution in the code of {here}"
+    layout = rec.fixed_layout(y.shape[1], f"a convolution in {here}", why)
     return [Info(dim=1, layout=layout)]
 
 
@@ -715,8 +743,7 @@ def layer_rule(rec: Recorder, module: nn.Module, kind: str, x: Tensor, out: Tens
     info = rec.info(x)
     where = f"{type(module).__name__} {name!r}"
     if kind == "unsupported":
-        rec.hazard(f"is a {type(module).__name__}, which has no slimmable counterpart yet",
-                   [info], f"layer {name!r}")  # fmt: skip
+        rec.hazard("has no slimmable counterpart yet", [info], "", layer=module)
         return UNTRACKED
     channel_dim = x.dim() - 1 if kind in ("linear", "ln") else 1
     tracked = info.tracked
@@ -724,29 +751,46 @@ def layer_rule(rec: Recorder, module: nn.Module, kind: str, x: Tensor, out: Tens
         if kind in ("linear", "ln"):  # works on another dimension: the channels pass through
             rec.trace.calls.append(LayerCall(name, module, "plain", info.layout, info.layout))
             return info if out.dim() == x.dim() else UNTRACKED
-        rec.hazard(f"reads its channels from dim {channel_dim}, but they lie on dim {info.dim}",
-                   [info], f"layer {name!r}")  # fmt: skip
+        rec.hazard(
+            f"reads its channels from dim {channel_dim}, but they lie on dim {info.dim}",
+            [info],
+            "",
+            layer=module,
+        )
         return UNTRACKED
-    inputs = info.layout if tracked else rec.fixed_layout(
-        x.shape[channel_dim], f"the input of {where}", f"it is the input of {where}, made in forward"
-    )  # fmt: skip
+    why = f"it is the input of {where}, made in forward"
+    inputs = info.layout if tracked else rec.fixed_layout(x.shape[channel_dim], where, why)
+    if kind == "in":
+        if module.track_running_stats:
+            rec.hazard(
+                "keeps running statistics, which would fit no width", [info], "", layer=module
+            )
+        elif tracked:
+            for p in ("weight", "bias") if module.affine else ():
+                rec.trace.params.append(ParamUse(f"{name}.{p}", 0, inputs, where))
+            rec.trace.attrs.append(AttrUse(name, "num_features", inputs))
+        rec.trace.calls.append(LayerCall(name, module, kind, inputs, inputs, tracked))
+        return Info(dim=channel_dim, layout=inputs)
     if kind in ("bn", "ln", "gn"):
         if kind == "gn" and module.num_groups > 1:
             if len(inputs) != 1:
-                rec.hazard("group-normalizes a concatenation", [info], f"layer {name!r}")
+                rec.hazard("group-normalizes a concatenation", [info], "", layer=module)
             else:
                 per = module.num_channels // module.num_groups
-                require_multiple(inputs[0], per, f"GroupNorm {name!r} ({per} channels per group)")
+                require_multiple(inputs[0], per, f"{where} ({per} channels per group)")
         rec.trace.calls.append(LayerCall(name, module, kind, inputs, inputs, tracked))
         return Info(dim=channel_dim, layout=inputs)
     if kind == "conv":
         return _conv_call(rec, module, name, info, inputs, out.shape[1], tracked, custom=False)
+    if kind == "convT" and module.groups != 1:
+        rec.hazard("is a grouped transposed convolution", [info], "", layer=module)
     space = rec.layer_spaces.get(id(module))
     if space is None:
-        space = rec.layer_spaces[id(module)] = rec.new_space(out.shape[-1], name)
+        space = rec.layer_spaces[id(module)] = rec.new_space(out.shape[channel_dim], name)
         space.producers.append(name)
-    outputs = (Seg(space, out.shape[-1]),)
-    rec.trace.calls.append(LayerCall(name, module, kind, inputs, outputs, tracked))
+    outputs = (Seg(space, out.shape[channel_dim]),)
+    custom = kind == "convT"  # made slimmable in place, like a Conv2d with its own forward
+    rec.trace.calls.append(LayerCall(name, module, kind, inputs, outputs, tracked, custom))
     return Info(dim=channel_dim, layout=outputs)
 
 
@@ -773,7 +817,7 @@ def _conv_call(
             )
             return Info(dim=1, layout=outputs)
         if len(inputs) != 1:
-            rec.hazard("is a grouped convolution over a concatenation", [info], f"layer {name!r}")
+            rec.hazard("is a grouped convolution over a concatenation", [info], "", layer=module)
         else:
             require_multiple(inputs[0], groups, f"{where} ({groups} groups)")
     space = rec.layer_spaces.get(id(module))
@@ -788,28 +832,47 @@ def _conv_call(
 
 
 # ---- the table ---------------------------------------------------------------------------------
-ELEMENTWISE = """add sub rsub mul div true_divide floor_divide pow maximum minimum fmax fmin where
-clamp clamp_min clamp_max clip hardtanh relu relu6 leaky_relu elu selu celu gelu silu mish
-hardswish hardsigmoid sigmoid tanh softplus softsign exp expm1 log log1p log2 log10 sqrt rsqrt abs
-neg reciprocal sign erf erfc erfinv sin cos floor ceil round trunc frac square threshold eq ne lt
-le gt ge logical_and logical_or logical_not logical_xor bitwise_and bitwise_or bitwise_not
-bitwise_xor masked_fill addcmul addcdiv lerp fmod remainder nan_to_num clone _to_copy alias detach
-lift_fresh copy fill zero native_dropout dropout isnan isinf isfinite logit hypot atan2 xlogy
-sigmoid_backward _conj resolve_conj resolve_neg positive sgn exp2 rrelu_with_noise glu""".split()
-LIKE = """zeros_like ones_like empty_like full_like rand_like randn_like randint_like bernoulli
-uniform normal exponential random cauchy geometric log_normal""".split()
-FRESH = """zeros ones empty full arange rand randn randint scalar_tensor empty_strided new_zeros
-new_ones new_empty new_full new_empty_strided eye linspace logspace lift_fresh_copy
-_local_scalar_dense sym_size sym_stride sym_numel embedding _assert_async
-_assert_tensor_metadata""".split()
-SPATIAL = """max_pool2d_with_indices max_pool2d max_pool1d max_pool3d max_pool3d_with_indices
-avg_pool2d avg_pool1d avg_pool3d adaptive_avg_pool2d _adaptive_avg_pool2d adaptive_max_pool2d
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+ELEMENTWISE = _words(
+    """
+add sub rsub mul div true_divide floor_divide pow maximum minimum fmax fmin where clamp
+clamp_min clamp_max clip hardtanh relu relu6 leaky_relu elu selu celu gelu silu mish hardswish
+hardsigmoid sigmoid tanh softplus softsign exp expm1 log log1p log2 log10 sqrt rsqrt abs neg
+reciprocal sign erf erfc erfinv sin cos floor ceil round trunc frac square threshold eq ne lt le
+gt ge logical_and logical_or logical_not logical_xor bitwise_and bitwise_or bitwise_not
+bitwise_xor masked_fill addcmul addcdiv lerp fmod remainder nan_to_num clone _to_copy alias
+detach lift_fresh copy fill zero native_dropout dropout isnan isinf isfinite logit hypot atan2
+xlogy sigmoid_backward _conj resolve_conj resolve_neg positive sgn exp2 rrelu_with_noise glu
+"""
+)
+LIKE = _words(
+    """
+zeros_like ones_like empty_like full_like rand_like randn_like randint_like bernoulli uniform
+normal exponential random cauchy geometric log_normal
+"""
+)
+FRESH = _words(
+    """
+zeros ones empty full arange rand randn randint scalar_tensor empty_strided new_zeros new_ones
+new_empty new_full new_empty_strided eye linspace logspace lift_fresh_copy _local_scalar_dense
+sym_size sym_stride sym_numel embedding _assert_async _assert_tensor_metadata
+"""
+)
+SPATIAL = _words(
+    """
+max_pool2d_with_indices max_pool2d max_pool1d max_pool3d max_pool3d_with_indices avg_pool2d
+avg_pool1d avg_pool3d adaptive_avg_pool2d _adaptive_avg_pool2d adaptive_max_pool2d
 adaptive_avg_pool1d adaptive_max_pool1d adaptive_avg_pool3d _adaptive_avg_pool3d
 upsample_nearest2d upsample_bilinear2d upsample_bicubic2d _upsample_nearest_exact2d
 _upsample_bilinear2d_aa upsample_nearest1d upsample_linear1d upsample_nearest3d
 upsample_trilinear3d grid_sampler_2d constant_pad_nd reflection_pad1d reflection_pad2d
-reflection_pad3d replication_pad1d replication_pad2d replication_pad3d
-fractional_max_pool2d lp_pool2d""".split()
+reflection_pad3d replication_pad1d replication_pad2d replication_pad3d fractional_max_pool2d
+lp_pool2d
+"""
+)
 
 RULES: dict[str, Rule] = {"<unknown>": unknown}
 RULES.update({n: elementwise for n in ELEMENTWISE})
@@ -819,15 +882,50 @@ RULES.update({n: spatial for n in SPATIAL})
 RULES.update({n: reduce for n in REDUCTIONS})
 RULES.update({n: view for n in ("view", "_unsafe_view", "reshape", "_reshape_alias")})
 RULES.update({n: permute for n in ("permute", "transpose", "t", "swapaxes", "swapdims")})
-RULES.update({n: split for n in ("split", "split_with_sizes", "unsafe_split",
-                                 "unsafe_split_with_sizes", "unbind", "chunk")})  # fmt: skip
-RULES.update({n: along for n in ("index_select", "gather", "scatter", "flip", "roll", "sort",
-                                 "argsort", "topk", "kthvalue", "cumsum", "cumprod")})  # fmt: skip
+RULES.update(
+    {
+        n: split
+        for n in (
+            "split",
+            "split_with_sizes",
+            "unsafe_split",
+            "unsafe_split_with_sizes",
+            "unbind",
+            "chunk",
+        )
+    }
+)
+RULES.update(
+    {
+        n: along
+        for n in (
+            "index_select",
+            "gather",
+            "scatter",
+            "flip",
+            "roll",
+            "sort",
+            "argsort",
+            "topk",
+            "kthvalue",
+            "cumsum",
+            "cumprod",
+        )
+    }
+)
 RULES.update({n: matmul for n in ("mm", "bmm", "addmm", "baddbmm")})
 RULES.update({n: per_channel for n in ("_softmax", "_log_softmax", "softmax", "log_softmax")})
-RULES.update({n: batch_norm for n in ("native_batch_norm", "_native_batch_norm_legit",
-                                      "_native_batch_norm_legit_no_training",
-                                      "_native_batch_norm_legit_functional")})  # fmt: skip
+RULES.update(
+    {
+        n: batch_norm
+        for n in (
+            "native_batch_norm",
+            "_native_batch_norm_legit",
+            "_native_batch_norm_legit_no_training",
+            "_native_batch_norm_legit_functional",
+        )
+    }
+)
 RULES.update(
     {
         "unsqueeze": unsqueeze,
