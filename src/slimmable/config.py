@@ -41,6 +41,7 @@ class DataConfig:
     image_size: int | None = None
     augment: str = "standard"
     workers: int = 0
+    holdout: int = 0  # training images set aside, never trained on (AutoSlim scores on them)
 
 
 @dataclass
@@ -197,6 +198,8 @@ def _validate(cfg: Config) -> Config:
         raise ValueError("model.width_range must be [lo, hi], e.g. [0.25, 1.0]")
     if t.threads is not None and t.threads < 1:
         raise ValueError("train.threads must be at least 1, or null for torch's default")
+    if cfg.data.holdout < 0 or cfg.data.workers < 0:
+        raise ValueError("data.holdout and data.workers must be 0 or more")
     if cfg.eval.every < 0:
         raise ValueError("eval.every must be 0 (only after training) or a number of epochs")
     return cfg
