@@ -143,3 +143,82 @@ def test_a_state_dict_mismatch_names_the_keys(tmp_path, capsys):
     assert main(["eval", str(path)]) == 2
     err_text = capsys.readouterr().err
     assert "missing features.0.weight" in err_text and len(err_text.splitlines()) == 1
+
+
+def test_trainer_eval_and_calibrate_share_one_calibration_path(us_run, tmp_path, capsys):
+    """The run trained with augmentation; its stored statistics are those of the run's
+    calibration batches (eval-style images), which `slimmable calibrate` recomputes."""
+    from slimmable.layers import USBatchNorm2d
+
+    def statistics(model):  # (layer, width key) -> calibrated mean and variance
+        return {
+            (name, key): (bn.calib_mean[i], bn.calib_var[i])
+            for name, bn in model.named_modules()
+            if isinstance(bn, USBatchNorm2d)
+            for i, key in enumerate(bn.calibrated_keys())
+        }
+
+    run = open_run(us_run)
+    assert run.config.data.augment == "standard"
+    stored = statistics(run.model)
+    assert {key for _, key in stored} == {250000, 600000, 1000000}
+    fresh = load_model(us_run)
+    slimmable.calibrate(fresh, run.calibration_batches(), [0.25, 0.6, 1.0])
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes((us_run / "checkpoint.pt").read_bytes())
+    assert main(["calibrate", str(copy), "--widths", "0.6", "--no-progress"]) == 0
+    assert "256 training images" in capsys.readouterr().err
+    for model in (fresh, load_model(copy)):
+        again = statistics(model)
+        assert again.keys() == stored.keys()
+        for key, (mean, var) in again.items():
+            torch.testing.assert_close(mean, stored[key][0], rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(var, stored[key][1], rtol=1e-6, atol=1e-7)
+
+
+def test_the_authors_weights_in_eval_calibrate_export_and_select(tmp_path, capsys):
+    """--official PATH --model NAME with the data set on the command line."""
+    import numpy as np
+    from official_data import load_fixture, synthetic_state_dict
+
+    theirs = synthetic_state_dict(load_fixture("us_mobilenet_v2")["keys"])
+    weights = tmp_path / "us_mobilenet_v2.pt"
+    torch.save({"model": {f"module.{k}": v for k, v in theirs.items()}}, weights)
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.integers(0, 255, (48, 3, 32, 32), dtype=np.uint8),
+        "y_train": np.arange(48) % 10,
+        "x_test": rng.integers(0, 255, (20, 3, 32, 32), dtype=np.uint8),
+        "y_test": np.arange(20) % 10,
+    }
+    np.savez(tmp_path / "data.npz", **arrays)
+    official = ["--official", str(weights), "--model", "us_mobilenet_v2"]
+    data = ["--data", "npz", "--data-path", str(tmp_path / "data.npz")]
+    # eval: 0.5 is one of their calibrated widths, 0.42 is calibrated here on the npz images
+    assert main(["eval", *official, *data, "--widths", "0.5,0.42", "--json"]) == 0
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)["widths"]
+    assert [r["width"] for r in rows] == [0.5, 0.42] and "calibrating 1 widths" in captured.err
+    assert all(0.0 <= r["top1"] <= r["top5"] <= 1.0 and r["macs"] > 0 for r in rows)
+    (tmp_path / "eval.json").write_text(json.dumps({"widths": rows}))
+    # calibrate: a slimmable checkpoint of their weights, with 0.42's statistics stored
+    out = tmp_path / "theirs.pt"
+    args = ["calibrate", *official, *data, "--widths", "0.42", "--out", str(out)]
+    assert main([*args, "--no-progress"]) == 0
+    again = ["eval", str(out), "--widths", "0.42", "--uncalibrated", "error", "--json"]
+    assert main(again) == 0
+    assert json.loads(capsys.readouterr().out)["widths"][0]["top1"] == rows[1]["top1"]
+    # export and select need no data set (the classes then come from --num-classes)
+    official += ["--num-classes", "10"]
+    onnx = tmp_path / "half.pt2"
+    export = ["export", *official, "--width", "0.5", "--input-size", "3,32,32"]
+    assert main([*export, "--out", str(onnx)]) == 0 and onnx.is_file()
+    assert "verified" in capsys.readouterr().out
+    select = ["select", *official, "--eval", str(tmp_path / "eval.json")]
+    assert main([*select, "--max-macs", str(rows[1]["macs"]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["width"] == 0.42
+    # without --model, or without a data set to evaluate on: one line naming the fix
+    assert main(["eval", "--official", str(weights)]) == 2
+    assert "--official needs --model NAME" in capsys.readouterr().err
+    assert main(["eval", *official, "--widths", "0.5"]) == 2
+    assert "--data NAME" in capsys.readouterr().err
