@@ -222,3 +222,28 @@ def test_the_authors_weights_in_eval_calibrate_export_and_select(tmp_path, capsy
     assert "--official needs --model NAME" in capsys.readouterr().err
     assert main(["eval", *official, "--widths", "0.5"]) == 2
     assert "--data NAME" in capsys.readouterr().err
+
+
+def test_autoslim_scores_on_images_training_never_saw(us_run, tmp_path, capsys):
+    ckpt = load_checkpoint(us_run / "checkpoint.pt")
+    held = ckpt["holdout"].tolist()
+    assert len(held) == 200 == len(set(held))
+    assert ckpt["step"] == (1438 - 200) // 128  # the trainer's epoch is the rest
+    run = open_run(us_run)
+    assert run.data.holdout_indices == held
+    assert not set(run.data.train.indices) & set(held)
+    search = ["search", str(us_run), "--targets", "50%", "--batches", "1", "--batch-size", "64"]
+    out = tmp_path / "s.json"
+    assert main([*search, "--out", str(out), "--no-progress"]) == 0
+    assert "scored on 64 held-out training images" in capsys.readouterr().out
+    assert slimmable.read_search(out).scored_on == {"split": "holdout", "images": 64, "seed": 0}
+    # a run that held nothing out is refused, unless told to score on training images
+    ckpt["config"]["data"]["holdout"] = 0
+    bare = save_checkpoint(tmp_path / "bare.pt", ckpt)
+    search[1] = str(bare)
+    assert main([*search, "--out", str(tmp_path / "b.json")]) == 2
+    assert "data.holdout" in capsys.readouterr().err
+    assert main([*search, "--out", str(tmp_path / "b.json"), "--split", "train"]) == 0
+    assert "training images the run trained on" in capsys.readouterr().out
+    assert main([*search, "--out", str(tmp_path / "b.json"), "--split", "train"]) == 2
+    assert "exists; give --overwrite" in capsys.readouterr().err  # never overwrites a result

@@ -225,11 +225,21 @@ def reduce_eval(results: list[dict], seen: int, world: World) -> list[dict]:
     ]
 
 
+class Stopped(Exception):
+    """Raised inside :meth:`StopSignal.raising` when SIGTERM / SIGINT arrives."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
 class StopSignal:
     """Catch SIGTERM and SIGINT inside the block: set :attr:`signum` instead of dying.
 
     The loop finishes the current step, writes a checkpoint and returns; a second signal of
-    the same kind falls through to the previous handler (a hard stop).
+    the same kind falls through to the previous handler (a hard stop). Inside
+    :meth:`raising` (calibration and evaluation, which have no steps to finish) a signal
+    raises :class:`Stopped` at once.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -237,14 +247,29 @@ class StopSignal:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
+        self._raising = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is not None:  # asked twice: stop now
+        if self.signum is not None and not self._raising:  # asked twice: stop now
             previous = self._previous.get(signum)
             signal.signal(signum, previous if callable(previous) else signal.SIG_DFL)  # type: ignore[arg-type]
             signal.raise_signal(signum)
             return
         self.signum = signum
+        if self._raising:
+            self._raising = False  # once: the handler of the Stopped may take its time
+            raise Stopped(signum)
+
+    @contextmanager
+    def raising(self) -> Iterator[None]:
+        """A signal inside the block (or one that came before) raises :class:`Stopped`."""
+        if self.signum is not None:
+            raise Stopped(self.signum)
+        self._raising = True
+        try:
+            yield
+        finally:
+            self._raising = False
 
     @contextmanager
     def installed(self) -> Iterator[StopSignal]:

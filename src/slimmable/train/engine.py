@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..compile import compile_slimmable
-from ..config import Config, save_config
+from ..config import Config, as_config, save_config
 from ..data import DataInfo
 from ..data.loader import eval_loader, steps_per_epoch, train_loader
 from ..evaluate import evaluate, format_table
@@ -75,6 +76,16 @@ class TrainResult:
 def resolve_model_name(name: str, mode: str) -> str:
     """A registered name, or a family (``small_cnn``) completed to ``us_``/``s_`` by the mode."""
     known = list_models()
+    universal = mode == "universal"
+    kind, other = ("us_", "s_") if universal else ("s_", "us_")
+    if name in known and name.startswith(other):
+        family = name[len(other) :]
+        what = "a universally slimmable network" if universal else "an S-Net (model.widths)"
+        raise ValueError(
+            f"train.mode={mode} trains {what}, but {name} is "
+            f"{'an S-Net' if universal else 'universally slimmable'}: set model.name to the "
+            f"family name {family} (it becomes {kind}{family}), or change train.mode"
+        )
     if name in known:
         return name
     prefix = "us_" if mode == "universal" else "s_"
@@ -197,6 +208,7 @@ def build(cfg: Config, world: World) -> Setup:
     seed_everything(tc.seed)
     data = run_datasets(cfg)
     model, spec = build_model(cfg, data.info)
+    check_labels(data, spec["kwargs"]["num_classes"])
     model.to(world.device)
     if tc.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -227,6 +239,39 @@ def build(cfg: Config, world: World) -> Setup:
         test=eval_loader(test_shard, cfg.eval.batch_size, workers=cfg.data.workers),
         test_size=len(test_shard),  # type: ignore[arg-type]
     )
+
+
+def check_labels(data: RunData, num_classes: int) -> None:
+    """Every label of the training and test sets is a class of the model."""
+    for name, dataset in (("training", data.train), ("test", data.test)):
+        while isinstance(dataset, Subset):
+            dataset = dataset.dataset
+        labels = getattr(dataset, "labels", None)
+        if labels is None or len(labels) == 0:
+            continue
+        low, high = int(min(labels)), int(max(labels))
+        if low < 0 or high >= num_classes:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"the {name} set has label {bad}, but the model has {num_classes} classes "
+                f"(labels 0..{num_classes - 1}); fix the labels or set model.num_classes"
+            )
+
+
+RUN_FILES = (CHECKPOINT, "config.yaml", "metrics.jsonl", "eval.json", PLOT)
+
+
+def refuse_existing_run(out_dir: Path, overwrite: bool, world: World) -> None:
+    """Stop before writing into a folder that holds a run, unless told to overwrite it."""
+    held = [name for name in (CHECKPOINT, "metrics.jsonl") if (out_dir / name).exists()]
+    if ddp.any_rank(bool(held) and not overwrite, world):
+        raise ValueError(
+            f"{out_dir} holds a run ({', '.join(held) or 'on another rank'}); continue it with "
+            "--resume, replace it with --overwrite, or give another --out"
+        )
+    if held and world.is_main:  # --overwrite: the old run's files go, none is left stale
+        for name in RUN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
 
 
 # ---- the state the loop changes, and its checkpoint ------------------------------------------
@@ -308,12 +353,17 @@ def save(s: Setup, state: TrainState, path: Path) -> None:
     )
 
 
-def evaluate_widths(s: Setup) -> list[dict]:
+def evaluate_widths(s: Setup, log: RunLog) -> list[dict]:
     """Every eval width on the test set (US-Nets: calibrated first), metrics of all ranks."""
     ddp.merge_bn_statistics(s.model, s.world)  # BN running statistics: the ranks' mean
     if s.cfg.train.mode == "universal":
         batches = calibration_data(s.cfg, s.data.train)
-        ddp.calibrate_sharded(s.model, batches, s.eval_widths, s.world)
+        log.note(f"calibrating {len(s.eval_widths)} widths on {batches.num_images} images")
+        try:
+            ddp.calibrate_sharded(s.model, batches, s.eval_widths, s.world)
+        except ddp.Stopped:  # half-calibrated statistics must not be saved as if complete
+            forget_calibration(s.model, s.eval_widths)
+            raise
     rows = evaluate(s.model, s.test, s.eval_widths, macs=False)
     rows = ddp.reduce_eval(rows, s.test_size, s.world)
     return [{**r, "macs": s.macs[r["width"]]} for r in rows]
@@ -363,6 +413,11 @@ class RunLog:
         if self.active:
             tqdm.write(text, file=sys.stderr)
 
+    def note(self, text: str) -> None:
+        """A progress line, when progress is shown."""
+        if self.verbose:
+            tqdm.write(text, file=sys.stderr)
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
@@ -405,21 +460,25 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
 
 
 def train(
-    config: Config,
+    config: Config | Mapping[str, Any] | str | Path,
     out_dir: str | Path,
     resume: bool = False,
     *,
+    overwrite: bool = False,
     stop_after_steps: int | None = None,
     world: World | None = None,
 ) -> TrainResult:
     """Train ``config``'s model, evaluate it per width, and write the run to ``out_dir``.
 
+    ``config`` is a :class:`~slimmable.config.Config`, nested dicts (``{"model": {"name":
+    "small_cnn"}, "train": {"epochs": 5}}``, defaults for the rest) or a YAML file's path.
     ``out_dir`` receives ``checkpoint.pt`` (after every epoch), ``config.yaml``,
-    ``metrics.jsonl``, ``eval.json`` and the accuracy-against-MACs plot. ``resume`` continues
-    from ``out_dir/checkpoint.pt`` and ends bitwise equal (on CPU) to a run never stopped.
-    ``stop_after_steps`` stops after that many optimizer steps (as an interruption would),
-    leaving a checkpoint to resume.
+    ``metrics.jsonl``, ``eval.json`` and the accuracy-against-MACs plot; a folder that holds a
+    run is refused unless ``resume`` (continue it: ends bitwise equal, on CPU, to a run never
+    stopped) or ``overwrite`` (replace it). ``stop_after_steps`` stops after that many
+    optimizer steps (as an interruption would), leaving a checkpoint to resume.
     """
+    config = as_config(config)
     owned = world is None  # joined here (torchrun environment): left here
     with cpu_threads(config.train.threads):
         world = world or ddp.init_world(pick_device(config.train.device))
@@ -427,7 +486,7 @@ def train(
         try:
             with ddp.StopSignal().installed() as signals:
                 result = run_training(
-                    config, Path(out_dir), resume, stop_after_steps, world, signals
+                    config, Path(out_dir), resume, overwrite, stop_after_steps, world, signals
                 )
             finished = True
             return result
@@ -440,6 +499,7 @@ def run_training(
     cfg: Config,
     out_dir: Path,
     resume: bool,
+    overwrite: bool,
     stop_after_steps: int | None,
     world: World,
     signals: ddp.StopSignal,
@@ -448,6 +508,8 @@ def run_training(
     tc = cfg.train
     s = build(cfg, world)
     ckpt_path = out_dir / CHECKPOINT
+    if not resume:
+        refuse_existing_run(out_dir, overwrite, world)
     state = restore(s, ckpt_path) if resume else TrainState()
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -462,9 +524,9 @@ def run_training(
             world_size=world.world_size, skip_batches=skip, workers=cfg.data.workers,
             pin_memory=world.device.type == "cuda",
         )  # fmt: skip
-        bar = tqdm(
+        bar = tqdm(  # in a terminal; logs and pipes get the epoch's line alone
             total=s.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{tc.epochs}",
-            unit="step", disable=not (tc.progress and world.is_main), leave=False,
+            unit="step", disable=not (log.verbose and sys.stderr.isatty()), leave=False,
             dynamic_ncols=True,
         )  # fmt: skip
         s.model.train()
@@ -501,6 +563,7 @@ def run_training(
             # -- log (losses averaged over ranks; all ranks agree whether to stop)
             reduced, stop = ddp.reduce_step(torch.stack(losses), signals.signum is not None, world)
             values = reduced.tolist()
+            check_finite(values, labels, state.step, lr)
             state.add_losses(labels, values)
             images += len(y) * world.world_size
             bar.update(1)
@@ -526,7 +589,12 @@ def run_training(
         }
         state.epoch_loss = {}
         if done == tc.epochs or (cfg.eval.every and done % cfg.eval.every == 0):
-            state.results, state.results_step = evaluate_widths(s), state.step
+            try:
+                with signals.raising():  # calibration and evaluation stop at once on a signal
+                    state.results, state.results_step = evaluate_widths(s, log), state.step
+            except ddp.Stopped as stopped:
+                state.metrics.append(row)
+                return _stopped(s, state, log, ckpt_path, stopped.signum)
             row["eval"] = [
                 {k: r[k] for k in ("width", "top1", "top5", "loss")} for r in state.results
             ]
@@ -538,7 +606,11 @@ def run_training(
     log.close()
 
     if state.results_step != state.step:  # resumed a finished run before its evaluation
-        state.results, state.results_step = evaluate_widths(s), state.step
+        try:
+            with signals.raising():
+                state.results, state.results_step = evaluate_widths(s, log), state.step
+        except ddp.Stopped as stopped:
+            return _stopped(s, state, log, ckpt_path, stopped.signum)
         save(s, state, ckpt_path)
     if world.is_main:
         from ..evaluate import json_report
@@ -551,6 +623,26 @@ def run_training(
     return TrainResult(
         s.model, state.results, out_dir, ckpt_path, state.metrics, main=world.is_main
     )
+
+
+def check_finite(values: list[float], labels: list[str], step: int, lr: float) -> None:
+    """Stop a run whose loss is no longer a number: nothing after it would be."""
+    for label, value in zip(labels, values, strict=True):
+        if not math.isfinite(value):
+            raise ValueError(
+                f"the loss at width {label} is {value} at step {step} (lr {lr:.3g}); training "
+                "diverged: lower train.lr or add train.warmup_epochs (the last checkpoint is kept)"
+            )
+
+
+def forget_calibration(model: nn.Module, widths: list[Width]) -> None:
+    from ..layers import USBatchNorm2d
+    from ..width import network_key
+
+    keys = [network_key(model, w) for w in widths]
+    for bn in (m for m in model.modules() if isinstance(m, USBatchNorm2d)):
+        for key in keys:
+            bn.reset_calibration(key)
 
 
 def _stopped(
