@@ -27,7 +27,8 @@ AMP = ("none", "bf16", "fp16")
 
 @dataclass
 class ModelConfig:
-    """The network. ``widths`` for S-Nets (slimmable/naive/individual), ``width_range`` for US."""
+    """The network. ``widths`` for S-Nets (slimmable / naive / individual / incremental),
+    ``width_range`` for US."""
 
     name: str = "small_cnn"  # registered name, or a family ("small_cnn" -> s_/us_ by mode)
     widths: list[float] | None = None
@@ -53,7 +54,7 @@ class TrainConfig:
     num_sample_widths: int = 4  # n of the sandwich rule: largest, smallest and n-2 random
     inplace_distill: bool = True
     nonuniform: bool = False  # random widths of the sandwich get a random width per layer
-    epochs: int = 10
+    epochs: int = 10  # incremental: epochs per width
     batch_size: int = 64
     lr: float = 0.1
     momentum: float = 0.9

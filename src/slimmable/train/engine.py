@@ -38,9 +38,10 @@ from ..evaluate import evaluate, format_table
 from ..models import create_model, list_models, model_factory
 from ..profile import MacsCounter
 from ..run import CHECKPOINT, RunData, calibration_data, eval_widths, run_datasets
-from ..width import Width, set_width
+from ..width import Width, set_width, width_choices
 from . import distributed as ddp
 from .distributed import World
+from .incremental import IncrementalStages
 from .losses import cross_entropy, soft_cross_entropy
 from .optim import Schedule, build_optimizer, build_schedule, set_lr
 from .sampling import WidthSampler
@@ -194,7 +195,9 @@ class Setup:
     schedule: Schedule
     sampler: WidthSampler
     steps_per_epoch: int
+    epochs: int  # in all (incremental: train.epochs per width)
     total_steps: int
+    incremental: IncrementalStages | None  # train.mode=incremental: one width per stage
     input_size: tuple[int, ...]
     eval_widths: list[Width]
     macs: dict[float, int]  # of each eval width
@@ -217,6 +220,10 @@ def build(cfg: Config, world: World) -> Setup:
     input_size = tuple(data.train[0][0].shape)
     count = MacsCounter(model, input_size)
     test_shard = ddp.eval_shard(data.test, world)  # each rank evaluates its share
+    stages = None
+    if tc.mode == "incremental":
+        stages = IncrementalStages(model, width_choices(model) or (), tc.epochs * n_steps)
+    total = stages.total_steps if stages is not None else tc.epochs * n_steps
     net = ddp.wrap(model, world)  # DDP: one gradient all-reduce per step
     if tc.compile:  # one graph for all widths of a US-Net (one per switch of an S-Net)
         net = compile_slimmable(net)
@@ -232,7 +239,9 @@ def build(cfg: Config, world: World) -> Setup:
         schedule=build_schedule(tc, n_steps),
         sampler=WidthSampler(model, tc.mode, tc.num_sample_widths, tc.nonuniform, seed=tc.seed),
         steps_per_epoch=n_steps,
-        total_steps=tc.epochs * n_steps,
+        epochs=total // n_steps,
+        total_steps=total,
+        incremental=stages,
         input_size=input_size,
         eval_widths=widths,
         macs={w: count(w) for w in widths},
@@ -525,7 +534,7 @@ def run_training(
             pin_memory=world.device.type == "cuda",
         )  # fmt: skip
         bar = tqdm(  # in a terminal; logs and pipes get the epoch's line alone
-            total=s.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{tc.epochs}",
+            total=s.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{s.epochs}",
             unit="step", disable=not (log.verbose and sys.stderr.isatty()), leave=False,
             dynamic_ncols=True,
         )  # fmt: skip
@@ -534,10 +543,13 @@ def run_training(
         for batch in loader:
             # -- one step: the widths of this step, largest first; gradients accumulate
             x, y = _to(batch, world, tc.channels_last)
-            lr = s.schedule(state.step)
+            if s.incremental is None:
+                widths, lr = s.sampler(), s.schedule(state.step)
+            else:  # the incremental baseline: one width per stage, each stage its own schedule
+                widths = [s.incremental.begin(state.step, x)]
+                lr = s.schedule(s.incremental.step_in_stage(state.step))
             set_lr(s.optimizer, lr)
             s.optimizer.zero_grad(set_to_none=True)
-            widths = s.sampler()
             teacher = None
             labels, losses = [], []
             for i, w in enumerate(widths):
@@ -558,6 +570,8 @@ def run_training(
                 losses.append(loss.detach())
             s.scaler.step(s.optimizer)  # optimizer.step(), unless fp16 gradients overflowed
             s.scaler.update()
+            if s.incremental is not None:
+                s.incremental.keep_frozen()  # the narrower widths' channels do not move
             state.step += 1
 
             # -- log (losses averaged over ranks; all ranks agree whether to stop)
@@ -588,7 +602,7 @@ def run_training(
             "images_per_s": images / max(seconds, 1e-9),
         }
         state.epoch_loss = {}
-        if done == tc.epochs or (cfg.eval.every and done % cfg.eval.every == 0):
+        if done == s.epochs or (cfg.eval.every and done % cfg.eval.every == 0):
             try:
                 with signals.raising():  # calibration and evaluation stop at once on a signal
                     state.results, state.results_step = evaluate_widths(s, log), state.step
