@@ -136,7 +136,7 @@ def train_one(job: tuple[str, dict[str, Any], str]) -> tuple[str, float]:
 
     name, cfg, out = job
     t0 = time.perf_counter()
-    slimmable.train(config_from_dict(cfg), out)
+    slimmable.train(config_from_dict(cfg), out, overwrite=True)  # an interrupted run restarts
     seconds = time.perf_counter() - t0
     (Path(out) / "seconds.json").write_text(json.dumps({"train_seconds": seconds}))
     return name, seconds
