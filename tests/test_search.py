@@ -508,8 +508,9 @@ def test_search_result_feeds_eval_extract_and_export(us_checkpoint, tmp_path, ca
     (tmp_path / "run.pt").write_bytes(us_checkpoint.read_bytes())
     assert main([*export, "--out", str(onnx_out)]) == 2  # no statistics for this map yet
     assert "calibrat" in capsys.readouterr().err
-    calibrate_cli = ["calibrate", str(tmp_path / "run.pt"), "--widths", f"{out}@50%"]
-    assert main([*calibrate_cli, "--images", "64"]) == 0
+    calibrate_cli = ["calibrate", str(tmp_path / "run.pt"), "--widths", str(tmp_path / "map.json")]
+    assert main([*calibrate_cli, "--images", "64"]) == 0  # what export's error says to run
+    assert main([*calibrate_cli[:3], f"{out}@50%", "--images", "64"]) == 0  # the same map
     assert main([*export, "--out", str(onnx_out)]) == 0
     assert "verified" in capsys.readouterr().out
 
