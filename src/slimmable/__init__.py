@@ -22,7 +22,8 @@ from .layers import (
 )
 from .models import create_model, list_models, register_model
 from .models.official import load_official
-from .profile import profile
+from .profile import count_macs, profile
+from .run import load_model, open_run
 from .search import autoslim, load_search, read_search, set_channels
 from .select import select_width
 from .train import train
@@ -34,6 +35,7 @@ from .width import (
     width_choices,
     width_knobs,
 )
+from .widthspec import parse_widths
 
 __version__ = "0.1.0"
 
@@ -51,6 +53,7 @@ __all__ = [
     "calibrated_widths",
     "compile_slimmable",
     "convert",
+    "count_macs",
     "create_model",
     "evaluate",
     "extract_subnet",
@@ -58,10 +61,13 @@ __all__ = [
     "get_width",
     "is_calibrated",
     "list_models",
+    "load_model",
     "load_official",
     "load_search",
     "make_divisible",
     "measure_latency",
+    "open_run",
+    "parse_widths",
     "profile",
     "read_search",
     "register_model",
