@@ -213,13 +213,14 @@ from slimmable.data import build_datasets, calibration_batches
 from slimmable.train.distributed import calibrate_sharded, init_world, shutdown
 
 world = init_world(torch.device("cpu"))
-torch.manual_seed(0)
-model = create_model("us_small_cnn", num_classes=10, in_chans=1)
 train, _, _ = build_datasets("digits", augment="none")
-batches = calibration_batches(train, images=int(sys.argv[1]), batch_size=64, seed=0)
-calibrate_sharded(model, batches, [0.25, 0.6, 1.0], world)
-if world.rank == 0:
-    torch.save(model.state_dict(), sys.argv[2])
+for images in (64, 300):
+    torch.manual_seed(0)
+    model = create_model("us_small_cnn", num_classes=10, in_chans=1)
+    batches = calibration_batches(train, images=images, batch_size=64, seed=0)
+    calibrate_sharded(model, batches, [0.25, 0.6, 1.0], world)
+    if world.rank == 0:
+        torch.save(model.state_dict(), f"{sys.argv[1]}/rank0_{images}.pt")
 shutdown(world)
 """
 
@@ -233,17 +234,17 @@ def test_calibration_with_more_ranks_than_batches_equals_one_process(tmp_path):
     script = tmp_path / "calibrate.py"
     script.write_text(CALIBRATE_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3"]
+    run = subprocess.run(
+        [*cmd, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
     train, _, _ = build_datasets("digits", augment="none")
     for images in (64, 300):
-        out = tmp_path / f"rank0_{images}.pt"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        cmd += ["--nproc_per_node=3", str(script), str(images), str(out)]
-        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-        assert run.returncode == 0, run.stdout + run.stderr
         torch.manual_seed(0)
         model = create_model("us_small_cnn", num_classes=10, in_chans=1)
         calibrate(model, calibration_batches(train, images, 64, seed=0), [0.25, 0.6, 1.0])
-        got = torch.load(out, weights_only=True)
+        got = torch.load(tmp_path / f"rank0_{images}.pt", weights_only=True)
         for key, value in model.state_dict().items():
             if "calib_" in key:
                 torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6)

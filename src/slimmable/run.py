@@ -224,7 +224,7 @@ class Run:
     model: nn.Module  # in eval mode, calibrated widths included
     config: Config
     name: str  # the model's registered name
-    checkpoint: dict[str, Any]  # what the file holds ({} for the authors' weights)
+    checkpoint: dict[str, Any]  # what the file holds (the authors' weights: a model entry)
     path: Path | None = None  # the checkpoint file (None for the authors' weights)
     has_data: bool = True  # whether the config names the data set (else: pass --data)
     _data: RunData | None = field(default=None, repr=False)
@@ -325,6 +325,8 @@ def open_run(
     file = checkpoint_path(path)
     ckpt = load_checkpoint(file)
     net = model_from_checkpoint(ckpt).eval()
+    if image_size is not None and ckpt.get("input_size"):  # another input size than trained at
+        ckpt["input_size"] = [ckpt["input_size"][0], image_size, image_size]
     stored = ckpt.get("config")
     has_data = isinstance(stored, Mapping) or data is not None
     cfg = _with_data(
