@@ -6,8 +6,10 @@ import textwrap
 
 import pytest
 import torch
+import yaml
 
 import slimmable
+import slimmable.cli
 from slimmable.config import config_from_dict
 
 FACTORY = """
@@ -55,10 +57,11 @@ def config(factory, mode, **model):
     }
 
 
-@pytest.mark.parametrize("mode", ["universal", "slimmable", "naive"])
+@pytest.mark.parametrize("mode", ["universal", "slimmable", "naive", "individual", "incremental"])
 def test_a_factory_model_trains_and_loads_back(factory, mode, tmp_path):
-    result = slimmable.train(config(factory, mode), tmp_path / mode)
-    widths = [0.25, 0.5, 1.0] if mode == "universal" else [0.25, 0.5, 0.75, 1.0]
+    model = {"widths": [0.5]} if mode == "individual" else {}
+    result = slimmable.train(config(factory, mode, **model), tmp_path / mode)
+    widths = {"universal": [0.25, 0.5, 1.0], "individual": [0.5]}.get(mode, [0.25, 0.5, 0.75, 1.0])
     assert [r["width"] for r in result.results] == widths
     model = slimmable.load_model(tmp_path / mode)
     assert isinstance(model.conv1, slimmable.layers.WidthMixin)
@@ -69,6 +72,35 @@ def test_a_factory_model_trains_and_loads_back(factory, mode, tmp_path):
         torch.testing.assert_close(model(x), result.model(x))
     net = slimmable.extract_subnet(model, w)
     assert net.conv1.out_channels == 16
+
+
+def test_every_command_works_on_a_factory_run(factory, tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = config(factory, "universal")
+    cfg["data"]["holdout"] = 100
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    ckpt = str(run / "checkpoint.pt")
+    commands = [
+        ["train", str(tmp_path / "cfg.yaml"), "--out", str(run)],
+        ["eval", ckpt, "--widths", "0.25:1:0.25", "--json"],
+        ["calibrate", ckpt, "--widths", "0.3,0.6"],
+        ["profile", ckpt, "--widths", "0.3,0.6"],
+        ["export", ckpt, "--width", "0.6", "--out", str(tmp_path / "w.onnx")],
+        ["select", ckpt, "--max-macs", "300K"],
+        ["search", ckpt, "--targets", "60%", "--out", str(tmp_path / "search.json")],
+        ["calibrate", ckpt, "--widths", str(tmp_path / "search.json")],
+        [
+            "export",
+            ckpt,
+            "--width",
+            f"{tmp_path / 'search.json'}",
+            "--out",
+            str(tmp_path / "s.pt2"),
+        ],
+    ]
+    for argv in commands:
+        assert slimmable.cli.main(argv) == 0, argv
+    assert (tmp_path / "w.onnx").is_file() and (tmp_path / "s.pt2").is_file()
 
 
 def test_a_factory_model_converts_as_the_convert_section_says(factory, tmp_path):

@@ -28,6 +28,7 @@ from .search import autoslim, load_search, read_search, set_channels
 from .select import select_width
 from .train import train
 from .width import (
+    channel_groups,
     get_width,
     set_uncalibrated,
     set_width,
@@ -51,6 +52,7 @@ __all__ = [
     "autoslim",
     "calibrate",
     "calibrated_widths",
+    "channel_groups",
     "compile_slimmable",
     "convert",
     "count_macs",

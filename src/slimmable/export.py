@@ -148,10 +148,11 @@ def check_calibrated(model: nn.Module, width: Width) -> None:
         return
     done = sorted(set.intersection(*(set(bn.calibrated_keys()) for bn in strict)))
     shown = ", ".join(describe_key(k) for k in done) or "none"
-    what = f"{float(width):g}" if not isinstance(width, Mapping) else "this nonuniform width map"
-    hint = f"--widths {float(width):g}" if not isinstance(width, Mapping) else "--widths MAP.json"
+    uniform = not isinstance(width, Mapping)
+    what = f"width {float(width):g}" if uniform else "this nonuniform width map"
+    hint = f"--widths {float(width):g}" if uniform else "--widths MAP.json"
     raise RuntimeError(
-        f"width {what} has no calibrated BN statistics (calibrated: {shown}); calibrate it "
+        f"{what} has no calibrated BN statistics (calibrated: {shown}); calibrate it "
         f"first: slimmable.calibrate(model, batches, widths=[...]) or "
         f"`slimmable calibrate CKPT {hint}`"
     )

@@ -169,6 +169,13 @@ class SlicedConv2d(WidthMixin):
         w = self._parameters["weight"]
         n, index = self._input_count()
         out, in_per_group, _ = self.active_shape(n)
+        memo = self.__dict__.get("_memo")
+        if memo is not None and not torch.is_grad_enabled():  # frozen: see slimmable.freeze
+            key = (out, n, None if index is None else id(index))
+            return memo.get(key, (w,), self._slice, w, out, in_per_group, index)
+        return self._slice(w, out, in_per_group, index)
+
+    def _slice(self, w: Tensor, out: int, in_per_group: int, index: Tensor | None) -> Tensor:
         if self.transposed:
             return gather(w, 0, in_per_group, index)[:, :out]
         if self.depthwise:
@@ -208,7 +215,7 @@ class SlicedConv2d(WidthMixin):
 _CONV_CLASSES: dict[type, type] = {}
 _CONV_STATE = (  # what make_sliced_conv adds to the instance
     "depthwise", "fixed_in", "transposed", "input_channels_spec", "policy", "width", "divisor",
-    "ratio", "fixed_out", "_full_channels", "out_channels_list", "active_out",
+    "ratio", "fixed_out", "_full_channels", "out_channels_list", "active_out", "_memo",
 )  # fmt: skip
 
 
@@ -234,6 +241,7 @@ def make_sliced_conv(
     module.__dict__.pop("groups", None)
     module.__dict__["_full_groups"] = groups
     module.depthwise, module.fixed_in, module.transposed = depthwise, fixed_in, transposed
+    module._memo = None
     module.input_channels_spec = input_channels_spec
     module._init_width(
         policy, module.out_channels, divisor=divisor, ratio=ratio, fixed_out=fixed_out,
