@@ -11,20 +11,19 @@ output has the channels the plan predicts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor, nn
 
 from ..layers.base import WidthMixin
 from ..layers.norm import SwitchableBatchNorm2d, USBatchNorm2d
 from ..layers.width_policy import WidthList, WidthRange
 from ..models.kit import NORMS
-from .build import Options, build
+from .build import Options, Swap, build
 from .plan import ConversionError, Plan, make_plan, mark_fixed
 from .rules import RULES, Rule, elementwise, fresh, layer_rule, per_channel
-from .trace import SUPPORTED, Recorder, record
+from .trace import record
 from .verify import check_full_width, check_width, module_outputs
 
 __all__ = ["Conversion", "ConversionError", "convert", "register_rule"]
@@ -130,8 +129,9 @@ def _refuse_slimmable(model: nn.Module) -> None:
             )
 
 
-def _check_widths(plan: Plan, opts: Options) -> list[float]:
-    """The widths to verify at, and a check that every slimming class runs at them."""
+def _check_widths(opts: Options) -> list[float]:
+    """The widths the plan is verified at (besides full width): every switch of an S-Net, the
+    bounds and middle of a US range."""
     lo, hi = opts.bounds
     checks = sorted(opts.widths) if opts.widths is not None else sorted({lo, (lo + hi) / 2})
     return [w for w in checks if w != hi] if hi == 1.0 else checks
@@ -182,26 +182,29 @@ def convert(
         raise ConversionError(
             f"nothing in this model slims: every channel stays whole ({'; '.join(reasons)})"
         )
-    swap, new = build(model, plan, opts)
+    swap = Swap()
+    added = ["channel_groups", "slimmable_conversion"]
     try:
+        new = build(model, plan, opts, swap)
         conversion = _describe(plan, opts, inputs, new)
         model.channel_groups = conversion  # type: ignore[assignment]  # what set_width ties
         model.slimmable_conversion = conversion  # type: ignore[assignment]
         if not hasattr(model, "default_cfg") and inputs[0].dim() == 4:
             model.default_cfg = {"input_size": tuple(inputs[0].shape[1:])}  # type: ignore[assignment]
+            added.append("default_cfg")
         was_training = model.training
         model.eval()
         try:
             hi = opts.bounds[1]
             if hi == 1.0:
                 check_full_width(model, inputs, trace.result, hi, atol, original_calls)
-            for w in _check_widths(plan, opts):
+            for w in _check_widths(opts):
                 check_width(model, inputs, plan, w)
         finally:
             model.train(was_training)
-    except BaseException:
+    except BaseException:  # leave the model as it was
         swap.undo()
-        for attr in ("channel_groups", "slimmable_conversion"):
+        for attr in added:
             model.__dict__.pop(attr, None)
         raise
     return model
@@ -227,9 +230,3 @@ def _describe(
         fixed_reasons=reasons,
     )
 
-
-def _supported() -> list[str]:  # for the docs
-    return [cls.__name__ for cls in SUPPORTED]
-
-
-_ = (Callable, Recorder, torch)

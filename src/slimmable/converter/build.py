@@ -233,8 +233,10 @@ def needs_conversion(plan: Plan, call: LayerCall) -> bool:
     return plan.slims(call.inputs) or plan.slims(call.outputs)
 
 
-def build(model: nn.Module, plan: Plan, opts: Options) -> tuple[Swap, dict[str, nn.Module]]:
-    """Replace the layers the plan slims; give channel-following parameters their slices."""
+def build(model: nn.Module, plan: Plan, opts: Options, swap: Swap) -> dict[str, nn.Module]:
+    """Replace the layers the plan slims and give channel-following parameters their slices,
+    recording every change in ``swap`` (so that a failure half-way can be undone). Returns the
+    converted layers by name."""
     calls: dict[str, LayerCall] = {}
     for call in plan.trace.calls:
         seen = calls.setdefault(call.name, call)
@@ -259,7 +261,6 @@ def build(model: nn.Module, plan: Plan, opts: Options) -> tuple[Swap, dict[str, 
             if hasattr(call.module, attr) and hasattr(layer, attr):
                 getattr(layer, attr).update(getattr(call.module, attr))
         new[name] = layer
-    swap = Swap()
     for call in custom.values():
         kw = _layer_kwargs(plan, call, opts)
         spec = _spec_layout(plan, call.inputs, new) if plan.slims(call.inputs) else None
@@ -291,7 +292,7 @@ def build(model: nn.Module, plan: Plan, opts: Options) -> tuple[Swap, dict[str, 
                 swap.replaced.append((parent, key, child))
                 parent._modules[key] = by_id[id(child)]
     _slice_parameters(model, plan, new, swap)
-    return swap, new
+    return new
 
 
 def _slice_parameters(model: nn.Module, plan: Plan, new: dict[str, nn.Module], swap: Swap) -> None:
