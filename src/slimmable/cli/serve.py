@@ -17,7 +17,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "latency plus the time already queued meets --slo-ms and that keeps up with the arrivals "
         "(docs/serving.md has the formula). SIGTERM drains and exits.",
     )
-    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint, switchable .onnx or zoo name")
+    p.add_argument(
+        "checkpoint", metavar="CKPT", help="checkpoint or run folder, switchable .onnx, or zoo name"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--slo-ms", type=float, default=100.0, help="latency target (default 100)")

@@ -224,8 +224,8 @@ class OnnxBackend:
 
 
 def load_backend(spec: str, threads: int | None = None) -> Backend:
-    """The backend for ``CKPT``: a checkpoint, a switchable ``.onnx`` file or a zoo name."""
-    from ..checkpoint import load_checkpoint, model_from_checkpoint
+    """The backend for ``CKPT``: a run (checkpoint or run folder, opened by
+    :func:`slimmable.run.open_run`), a switchable ``.onnx`` file or a zoo name."""
     from ..models import list_models
 
     path = Path(spec)
@@ -241,21 +241,20 @@ def load_backend(spec: str, threads: int | None = None) -> Backend:
         card = ModelCard.from_metadata(meta)
         card.source = str(path)
         return OnnxBackend(session, card)
-    if path.is_file():
+    if path.exists():
+        from ..run import open_run
         from ..switchable import held_widths
 
-        ckpt = load_checkpoint(path)
-        model = model_from_checkpoint(ckpt).eval()
-        size = ckpt.get("input_size") or getattr(model, "default_cfg", {}).get("input_size")
-        widths = held_widths(model)
-        card = card_for(model, str(ckpt["model"]["name"]), widths, size, ckpt)
-        card.source = str(path)
-        return TorchBackend(model, card)
+        run = open_run(path)
+        size = run.input_size or run.model.default_cfg["input_size"]
+        card = card_for(run.model, run.name, held_widths(run.model), size, run.checkpoint)
+        card.source = str(run.path)
+        return TorchBackend(run.model, card)
     if spec in list_models():
         return zoo_backend(spec)
     raise FileNotFoundError(
-        f"{spec!r} is neither a file nor a registered model; give a checkpoint, a switchable "
-        "ONNX file or a zoo name (slimmable.list_models())"
+        f"{spec!r} is neither a file nor a registered model; give a checkpoint (or run "
+        "folder), a switchable ONNX file or a zoo name (slimmable.list_models())"
     )
 
 
