@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .args import add_debug_argument, positive_int
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -25,19 +27,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--slo-ms", type=float, default=100.0, help="latency target (default 100)")
     p.add_argument("--policy", choices=("adaptive", "fixed"), default="adaptive")
     p.add_argument("--width", type=float, help="the width of --policy fixed (default: widest)")
-    p.add_argument("--max-batch", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument(
+        "--max-batch", type=positive_int, default=16, help="images per batch (default 16)"
+    )
     p.add_argument(
         "--headroom", type=float, default=0.8,
         help="share of --slo-ms the policy plans with (default 0.8; the rest covers HTTP)",
     )  # fmt: skip
-    p.add_argument("--threads", type=int, help="compute threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, help="compute threads (default: torch's)")
     p.add_argument(
-        "--input-size", type=int, help="zoo models only: image side (default: the model's)"
+        "--input-size", type=positive_int, help="zoo models only: image side (default: the model's)"
     )
     p.add_argument(
         "--max-body-mb", type=float, default=8.0, help="request body limit in MB (default 8)"
     )
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_debug_argument(p)
     p.set_defaults(func=run)
 
 
@@ -57,8 +61,6 @@ def run(args: argparse.Namespace) -> int:
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
     )
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     keep_freed_memory()  # large activations are reused, not faulted in again per batch
     if args.input_size is not None:
