@@ -191,7 +191,10 @@ class TorchBackend:
     widths: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        from ..layers.slicing import freeze
+
         self.model.eval()
+        freeze(self.model)  # a served model's weights stay: each width's slices are kept
         self.widths = self.card.width_values
 
     def check_width(self, width: float) -> float:
