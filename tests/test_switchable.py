@@ -22,6 +22,7 @@ from slimmable.switchable import (
     export_switchable,
     held_widths,
     load_switchable,
+    verify_switchable,
 )
 
 
@@ -126,3 +127,23 @@ def test_cli_all_widths_holds_the_weights_once(tmp_path, capsys):
     code = main(["export", str(ckpt), "--all-widths", "--out", str(tmp_path / "m.ts")])
     err = capsys.readouterr().err
     assert code == 2 and "--all-widths writes ONNX only" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["densenet", "inception", "unet"])
+def test_converted_models_with_concatenations_switch_in_one_file(name, tmp_path):
+    """A concatenation's consumers gather each part's first channels: the file does too."""
+    import byom
+
+    model, x = byom.build(name), torch.randn(2, *byom.INPUT)
+    slimmable.convert(model, x, widths=[0.25, 0.5, 1.0])
+    path = export_switchable(model, tmp_path / f"{name}.onnx", input_size=byom.INPUT)
+    assert verify_switchable(model, path) < 1e-4  # every held width
+
+
+def test_converted_channels_last_linears_are_refused_in_one_file(tmp_path):
+    import byom
+
+    model, x = byom.build("convnext"), torch.randn(2, *byom.INPUT)
+    slimmable.convert(model, x, widths=[0.5, 1.0])
+    with pytest.raises(ValueError, match="export each width on its own"):
+        export_switchable(model, tmp_path / "c.onnx", input_size=byom.INPUT)

@@ -48,11 +48,21 @@ from .export import (
     _dynamic_batch,
     _fold,
     _quiet,
+    _TensorOutputs,
     example_input,
     extract_subnet,
+    output_tensors,
 )
 from .layers.base import WidthMixin
-from .layers.norm import SwitchableBatchNorm2d, USBatchNorm2d, width_key
+from .layers.layout import ChannelLayout
+from .layers.norm import (
+    SlimmableGroupNorm,
+    SlimmableLayerNorm,
+    SwitchableBatchNorm2d,
+    USBatchNorm2d,
+    width_key,
+)
+from .layers.sliced import SlicedConv2d, is_sliced
 from .width import set_width, width_choices, width_modules
 
 WIDTH_TOLERANCE = 1e-6
@@ -110,11 +120,15 @@ def _check_widths(model: nn.Module, widths: Sequence[float]) -> list[float]:
 # ---- where each dense tensor comes from --------------------------------------------------------
 @dataclass(frozen=True)
 class _Source:
-    """A dense tensor as a piece of a shared one: ``shared[row][:shape[0], :shape[1], ...]``."""
+    """A dense tensor as a piece of a shared one: ``shared[row][:shape[0], :shape[1], ...]``,
+    except along the dim ``gather`` names, where it takes the positions ``index`` (the active
+    channels of a concatenation, each part's first ones)."""
 
     shared: str
     row: int | None
     shape: tuple[int, ...]
+    gather: int | None = None
+    index: tuple[int, ...] = ()
 
 
 class _SharedTensors:
@@ -145,13 +159,44 @@ class _SharedTensors:
             self.add(name, torch.stack(rows))
         return name
 
+    def _gathered(self, module: nn.Module, attr: str, shape: tuple, k: int) -> tuple:
+        """``(dim, positions)`` where ``module``'s ``attr`` gathers a concatenation's active
+        channels at held width ``k``, else ``(None, ())``."""
+        layout, dim = getattr(module, "input_layout", None), 0
+        if isinstance(module, SlicedConv2d):
+            spec = module.input_channels_spec
+            layout = spec if isinstance(spec, ChannelLayout) else None
+        if is_sliced(module):
+            spec = module.__dict__["_slimmable_slices"].get(attr)
+            layout = None
+            if spec is not None and isinstance(spec.channels, ChannelLayout):
+                layout, dim = spec.channels, spec.dim
+        elif isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            depthwise = getattr(module, "depthwise", False)
+            if attr == "bias" and not depthwise:
+                layout = None  # a conv's or linear's bias follows its outputs: a prefix
+            dim = 0 if depthwise or getattr(module, "transposed", False) else 1
+        if layout is None:
+            return None, ()
+        with set_width(self.model, self.widths[k]):
+            index = layout.indices(shape[dim], torch.device("cpu"))
+        return (None, ()) if index is None else (dim, tuple(index.tolist()))
+
+    def _own(self, module: nn.Module, name: str, attr: str, shape: tuple, k: int) -> _Source:
+        """A tensor the module holds at full size (read past any slicing property)."""
+        raw = module._parameters.get(attr, module._buffers.get(attr))
+        dim, index = self._gathered(module, attr, shape, k)
+        return _Source(self.add(name, raw), None, shape, dim, index)
+
     def source(self, dense_name: str, dense: Tensor, width_index: int) -> _Source:
         """Where the dense network's tensor ``dense_name`` comes from at this width."""
         path, _, attr = dense_name.rpartition(".")
         module = self.model.get_submodule(path) if path else self.model
         shape = tuple(dense.shape)
-        if isinstance(module, WidthMixin) and attr in ("weight", "bias"):
-            return _Source(self.add(dense_name, getattr(module, attr)), None, shape)
+        k = width_index
+        own = isinstance(module, WidthMixin | SlimmableLayerNorm | SlimmableGroupNorm)
+        if (own or is_sliced(module)) and attr in module._parameters | module._buffers:
+            return self._own(module, dense_name, attr, shape, k)
         if isinstance(module, SwitchableBatchNorm2d):
             with set_width(self.model, self.widths[width_index]):
                 i = module.active_index(shape[0])
@@ -159,13 +204,17 @@ class _SharedTensors:
             return _Source(self.add(full, getattr(module.bn[i], attr)), None, shape)
         if isinstance(module, USBatchNorm2d):
             if attr in ("weight", "bias"):
-                return _Source(self.add(dense_name, getattr(module, attr)), None, shape)
+                return self._own(module, dense_name, attr, shape, k)
             if attr in ("running_mean", "running_var"):
                 if module._slot(width_key(self.widths[width_index])) is None:  # "running"
-                    return _Source(self.add(dense_name, getattr(module, attr)), None, shape)
+                    return self._own(module, dense_name, attr, shape, k)
                 stat = "calib_mean" if attr == "running_mean" else "calib_var"
-                return _Source(self._stat_table(path, module, stat), width_index, shape)
-        if isinstance(module, WidthMixin | SwitchableBatchNorm2d | USBatchNorm2d):
+                dim, index = self._gathered(module, attr, shape, k)
+                table = self._stat_table(path, module, stat)
+                return _Source(table, width_index, shape, dim, index)
+        if isinstance(
+            module, WidthMixin | SwitchableBatchNorm2d | USBatchNorm2d | SlimmableLayerNorm
+        ):
             raise ValueError(f"a switchable export cannot map {dense_name!r} to a shared tensor")
         # a plain torch module of the model: the same tensor at every width
         own = self._params.get(dense_name, self._buffers.get(dense_name))
@@ -180,15 +229,25 @@ class _SharedTensors:
         t = self.tensors[src.shared]
         if src.row is not None:
             t = t[src.row]
+        if src.gather is not None:
+            t = t.index_select(src.gather, torch.tensor(src.index, dtype=torch.long))
         return t[tuple(slice(0, n) for n in src.shape)]
 
 
 # ---- the per-width graphs ----------------------------------------------------------------------
 def _dense_onnx(net: nn.Module, x: Tensor) -> Any:
     """The ONNX model of a dense network (BN folded already): initializers keep module names."""
+    with torch.no_grad():
+        outputs = list(output_tensors(net(x)))
+    if len(outputs) != 1:
+        raise ValueError(
+            f"the model returns {len(outputs)} tensors; a switchable file has one output (export "
+            "each width on its own with `slimmable export --width W`)"
+        )
+    wrapped = not isinstance(net(x), Tensor)  # a dataclass or dict: its one tensor
     with _quiet("torch.onnx", "torch.export", "onnxscript"):
         program = torch.onnx.export(
-            net,
+            _TensorOutputs(net) if wrapped else net,
             (x,),
             dynamo=True,
             input_names=["input"],
@@ -201,6 +260,12 @@ def _dense_onnx(net: nn.Module, x: Tensor) -> Any:
     proto = program.model_proto
     if proto.functions:
         raise ValueError("the exported graph uses ONNX functions, which a switchable file lacks")
+    if wrapped:  # the wrapper's "net." prefix off the initializers: they keep module names
+        names = {i.name: i.name.removeprefix("net.") for i in proto.graph.initializer}
+        for init in proto.graph.initializer:
+            init.name = names[init.name]
+        for node in proto.graph.node:
+            node.input[:] = [names.get(n, n) for n in node.input]
     return proto
 
 
@@ -248,6 +313,10 @@ class _Branch:
             row = self.const("row", np.asarray(src.row, dtype=np.int64))
             name = self.node("Gather", [name, row], hint, axis=0)
             full = full[1:]
+        if src.gather is not None:  # a concatenation's parts: their first channels each
+            index = self.const("index", np.asarray(src.index, dtype=np.int64))
+            name = self.node("Gather", [name, index], hint, axis=src.gather)
+            full = (*full[: src.gather], len(src.index), *full[src.gather + 1 :])
         if full == src.shape:
             return name
         r = len(src.shape)
@@ -434,9 +503,11 @@ def build_switchable(
     logits_type = proto.graph.output[0].type
     shared_bytes = sum(t.numel() * t.element_size() for t in shared.tensors.values())
     if local_bytes > 0.01 * shared_bytes + 65536:
-        raise RuntimeError(
-            f"the per-width graphs keep {local_bytes} bytes of constants of their own; a "
-            "layer's weights were not traced to the shared tensors (please report)"
+        raise ValueError(
+            f"the exported per-width graphs hold {local_bytes} bytes of constants computed from "
+            "the weights (a linear layer on channels-last features, for one, exports as a "
+            "MatMul with its weight transposed), so one file cannot share them across widths; "
+            "export each width on its own (`slimmable export --width W`)"
         )
     main_nodes: list[Any] = []
     main_inits = [_tensor(n, t.numpy()) for n, t in shared.tensors.items()]
@@ -589,7 +660,7 @@ def verify_switchable(model: nn.Module, path: str | os.PathLike, batch_size: int
     try:
         for w in session.widths:
             with torch.no_grad(), set_width(model, w):
-                ref = model(x)
+                ref = next(output_tensors(model(x)))
             got = session(x, w)
             diff = (got - ref).abs().max().item()
             if not diff <= 1e-4 * max(1.0, ref.abs().max().item()):
