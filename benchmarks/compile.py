@@ -14,9 +14,11 @@ and two random widths per step, forward and backward, one SGD step) on the same 
 Every variant first runs ``--warmup`` steps (compilation happens there: graphs and seconds are
 reported); then the timed steps alternate between variants, ``--rounds`` rounds with the same
 widths for every variant within a round. Reported: the median step, and the median and range of
-the per-round ratios to eager, by wall clock and by this thread's CPU time. A control shows what
-Inductor gains when it sees the convolutions: the dense network extracted at full width,
-forward+backward, eager against ``torch.compile``.
+the per-round ratios to eager, by wall clock and by this thread's CPU time. Controls at full
+width (forward+backward, against the extracted dense network run eagerly) show what Inductor
+gains when it sees the convolutions (the dense network compiled, static or dynamic shapes) and
+what it gains when it does not (the slimmable model compiled at one width, static shapes).
+"convs": the share of a profiled step's CPU time spent in oneDNN convolutions.
 
     PYTHONPATH=src python benchmarks/compile.py [--model us_small_cnn] [--batch 64] [--size 32] \
         [--in-chans 3] [--rounds 12] [--json benchmarks/results/compile.json]
@@ -83,24 +85,47 @@ class Variant:
         return time.perf_counter() - t0, time.thread_time() - c0
 
 
+def conv_share(v: Variant, widths: list[float], y: Tensor) -> float:
+    """Share of one step's CPU time (profiler, self time) spent in oneDNN convolutions."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        v.step(widths, y)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    convs = ("aten::convolution_backward", "aten::mkldnn_convolution")
+    return sum(e.self_cpu_time_total for e in events if e.key in convs) / total
+
+
 def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def dense_control(model: nn.Module, x: Tensor, y: Tensor, rounds: int) -> dict:
-    """Forward+backward of the full-width dense network, eager vs ``torch.compile``."""
-    torch._dynamo.reset()
+def controls(model: nn.Module, x: Tensor, y: Tensor, rounds: int) -> dict:
+    """Forward+backward at full width, against the dense network there run eagerly: the dense
+    network compiled (Inductor sees its convolutions), with static and with dynamic shapes, and
+    the slimmable model compiled with static shapes (opaque convolutions, one width)."""
     hi = slimmable.width_bounds(model)[1]
     slimmable.calibrate(model, [x], widths=[hi])  # US-Nets extract calibrated widths only
-    dense = slimmable.extract_subnet(model, hi, input_size=x.shape[-1])
-    nets = {"eager": dense.train(), "torch.compile": torch.compile(copy.deepcopy(dense).train())}
+    model.train()
+    dense = slimmable.extract_subnet(model, hi, input_size=x.shape[-1]).train()
+    torch._dynamo.reset()
+    nets: dict[str, Callable[[Tensor], Tensor]] = {
+        "dense, eager": dense,
+        "dense, torch.compile": torch.compile(copy.deepcopy(dense)),
+        "dense, torch.compile(dynamic=True)": torch.compile(copy.deepcopy(dense), dynamic=True),
+        "slimmable, eager": model,
+        "slimmable, torch.compile(dynamic=False)": torch.compile(model, dynamic=False),
+    }
 
-    def run(net: nn.Module) -> float:
+    def run(net: Callable[[Tensor], Tensor]) -> float:
         t0 = time.perf_counter()
-        net.zero_grad(set_to_none=True)
+        for m in (dense, model):
+            m.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(net(x), y).backward()
         return time.perf_counter() - t0
 
+    slimmable.set_width(model, hi)
     for net in nets.values():
         for _ in range(3):
             run(net)
@@ -108,11 +133,13 @@ def dense_control(model: nn.Module, x: Tensor, y: Tensor, rounds: int) -> dict:
     for _ in range(rounds):
         for k, net in nets.items():
             times[k].append(run(net))
-    ratios = [c / e for c, e in zip(times["torch.compile"], times["eager"], strict=True)]
+    ref = times["dense, eager"]
     return {
-        "eager_ms": 1e3 * statistics.median(times["eager"]),
-        "compiled_ms": 1e3 * statistics.median(times["torch.compile"]),
-        "ratio": spread(ratios),
+        k: {
+            "ms": 1e3 * statistics.median(t),
+            "vs_dense_eager": spread([a / b for a, b in zip(t, ref, strict=True)]),
+        }
+        for k, t in times.items()
     }
 
 
@@ -157,12 +184,14 @@ def main() -> None:
         widths = sandwich(rng, lo, hi)
         for v in variants:
             times[v.name].append(v.step(widths, y))
+    for v in variants:
+        rows[v.name]["conv_share"] = conv_share(v, widths, y)
     for name, row in rows.items():
         for k, clock in enumerate(("wall", "cpu")):
             ratios = [t[k] / e[k] for t, e in zip(times[name], times["eager"], strict=True)]
             row[f"step_ms_{clock}"] = 1e3 * statistics.median(t[k] for t in times[name])
             row[f"vs_eager_{clock}"] = spread(ratios)
-    control = dense_control(model, x, y, args.rounds)
+    control = controls(model, x, y, args.rounds)
 
     print(
         f"{args.model}, batch {args.batch}, {args.in_chans}x{args.size}x{args.size}, sandwich "
@@ -170,17 +199,17 @@ def main() -> None:
         f"torch {torch.__version__}"
     )
     print(f"{'variant':<33} {'graphs':>6} {'warm-up s':>9} {'step ms':>8} {'vs eager (range)':>17} "
-          f"{'cpu time':>8}")  # fmt: skip
+          f"{'cpu time':>8} {'convs':>5}")  # fmt: skip
     for r in rows.values():
         wall, cpu = r["vs_eager_wall"], r["vs_eager_cpu"]
         span = f"({wall['min']:.2f}-{wall['max']:.2f})"
         print(f"{r['variant']:<33} {r['graphs']:>6} {r['warmup_s']:>9.1f} "
               f"{r['step_ms_wall']:>8.1f} {wall['median']:>5.2f} {span:>11} "
-              f"{cpu['median']:>8.2f}")  # fmt: skip
-    ratio = control["ratio"]
-    print(f"control, dense network at width {hi:g}, forward+backward: eager "
-          f"{control['eager_ms']:.1f} ms, torch.compile {control['compiled_ms']:.1f} ms, "
-          f"{ratio['median']:.2f} ({ratio['min']:.2f}-{ratio['max']:.2f})")  # fmt: skip
+              f"{cpu['median']:>8.2f} {r['conv_share']:>5.0%}")  # fmt: skip
+    print(f"controls at width {hi:g}, forward+backward, vs the dense network run eagerly:")
+    for k, c in control.items():
+        r = c["vs_dense_eager"]
+        print(f"  {k:<40} {c['ms']:>8.1f} ms {r['median']:>5.2f} ({r['min']:.2f}-{r['max']:.2f})")
     result = {
         "benchmark": "compile",
         "command": "PYTHONPATH=src python benchmarks/compile.py",
@@ -192,7 +221,7 @@ def main() -> None:
         },
         "config": vars(args),
         "rows": list(rows.values()),
-        "dense_control": control,
+        "controls": control,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
