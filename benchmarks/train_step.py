@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 import slimmable
-from slimmable.train.config import TrainConfig
+from slimmable.config import TrainConfig
 from slimmable.train.losses import cross_entropy
 from slimmable.train.optim import build_optimizer
 

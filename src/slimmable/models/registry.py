@@ -37,4 +37,9 @@ def model_factory(name: str) -> Callable[..., nn.Module]:
 
 def create_model(name: str, num_classes: int = 1000, **kwargs: Any) -> nn.Module:
     """Build the registered model ``name`` (``widths=`` for S-Nets, ``width_range=`` for US)."""
-    return model_factory(name)(num_classes=num_classes, **kwargs)
+    factory = model_factory(name)
+    for key in ("num_classes", "in_chans"):
+        value = num_classes if key == "num_classes" else kwargs.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a whole number of at least 1, got {value!r}")
+    return factory(num_classes=num_classes, **kwargs)
