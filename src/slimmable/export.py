@@ -556,8 +556,12 @@ def _write_onnx(net: nn.Module, x: Tensor, tmp: Path, metadata: Mapping[str, Any
     onnx.save(proto, str(tmp))
 
 
-def load_exported(path: str | os.PathLike, format: str | None = None) -> Callable[[Tensor], Any]:
-    """Load an exported file back as a callable (for checks; users need only torch/onnxruntime)."""
+def load_exported(path: str | os.PathLike, format: str | None = None) -> Callable[..., Any]:
+    """Load an exported file back as a callable (for checks; users need only torch/onnxruntime).
+
+    A switchable ONNX file (``slimmable export --all-widths``) loads as
+    :class:`slimmable.switchable.SwitchableSession`, called as ``session(x, width)``.
+    """
     path = Path(path)
     format = format or next((f for f, s in SUFFIXES.items() if path.suffix == s), None)
     if format == "pt":
@@ -567,6 +571,11 @@ def load_exported(path: str | os.PathLike, format: str | None = None) -> Callabl
             return torch.jit.load(str(path))
     if format == "onnx":
         import onnxruntime as ort
+
+        from .switchable import is_switchable, load_switchable
+
+        if is_switchable(path):
+            return load_switchable(path)
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 # Each module defines ``add_parser(subparsers)``, whose parser sets ``func(args) -> int``.
 COMMANDS: list[str] = []
 COMMANDS += ["train", "calibrate", "eval", "plot", "profile"]
-COMMANDS += ["export", "select", "search"]
+COMMANDS += ["export", "select", "search", "serve"]
 
 # Errors a user can fix; they print as one line instead of a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, RuntimeError, OSError)

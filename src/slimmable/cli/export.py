@@ -31,11 +31,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "or `onnx` (onnxruntime). The batch size stays dynamic; the image size is fixed.",
     )
     add_run_arguments(p, data=False)
-    p.add_argument(
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument(
         "--width",
-        required=True,
         help="one width: 0.5, a nonuniform map (a JSON file or inline JSON "
         '{"layer.name": 0.5, "*": 1.0}), or a search result FILE@TARGET',
+    )
+    which.add_argument(
+        "--all-widths",
+        action="store_true",
+        help="one switchable ONNX file holding every width of the checkpoint (S-Net switches, "
+        "US calibrated widths) once, with the width as a second input",
     )
     p.add_argument(
         "--format",
@@ -129,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     if fmt == "onnx":
         require_onnx(verify=not args.no_verify)
     check_writable(out, args.overwrite)
+    if args.all_widths:
+        return _run_switchable(args, out, fmt)
     width = parse_width(args.width)
     run_ = open_run(args)
     input_size = parse_input_size(args.input_size, run_.input_size)
@@ -156,4 +164,40 @@ def run(args: argparse.Namespace) -> int:
             raise RuntimeError(f"{path} does not reproduce the network (max difference {diff:.3g})")
         print(f"verified: the file reproduces the network (max difference {diff:.2g})")
     print("load it with: " + LOAD_HINT[fmt].format(path=str(path)))
+    return 0
+
+
+def _run_switchable(args: argparse.Namespace, out: Path, fmt: str) -> int:
+    """``--all-widths``: the switchable ONNX file (``slimmable.switchable``)."""
+    from ..serve.model import card_for
+    from ..switchable import export_switchable, held_widths, verify_switchable
+
+    if fmt != "onnx":
+        raise ValueError(
+            "--all-widths writes ONNX only (--format onnx, or name the file .onnx); for one "
+            "width in another format use --width W"
+        )
+    if args.fold_bn:
+        raise ValueError("--all-widths always folds BN (in the file's graph); drop --fold-bn")
+    run_ = open_run(args)
+    model = run_.model
+    widths = held_widths(model)
+    size = parse_input_size(args.input_size, run_.input_size) or model.default_cfg["input_size"]
+    size = (*model.default_cfg["input_size"][:1], *size) if len(size) == 2 else tuple(size)
+    card = card_for(model, run_.name, widths, size, run_.checkpoint)
+    metadata = {
+        "model": run_.name,
+        "checkpoint": (run_.path or Path(args.official)).name,
+        "card": card.to_metadata(),
+    }
+    path = export_switchable(model, out, widths, input_size=size, metadata=metadata, verify=False)
+    shown = ", ".join(f"{w:g}" for w in widths)
+    print(f"wrote {path} (switchable onnx, widths {shown}, input {list(size)})")
+    if not args.no_verify:
+        diff = verify_switchable(model, path)
+        print(f"verified at every width: the file reproduces the model (max difference {diff:.2g})")
+    print(
+        f"load it with: onnxruntime.InferenceSession({str(path)!r}).run(None, "
+        "{'input': x, 'width': numpy.array(w, dtype=numpy.float32)})"
+    )
     return 0

@@ -229,4 +229,3 @@ def _describe(
         layers={name: type(layer).__name__ for name, layer in new.items()},
         fixed_reasons=reasons,
     )
-
