@@ -42,6 +42,8 @@ FAMILIES = [
     "s_resnet152",
     "us_mobilenet_v1",
     "us_mobilenet_v2",
+    "s_mnasnet",
+    "us_mnasnet",
     "us_resnet18",
     "us_resnet34",
     "us_resnet50",
@@ -89,6 +91,7 @@ def test_registry_lists_the_zoo():
         ("s_mobilenet_v2", (0.35, 0.5, 0.75, 1.0)),
         ("s_shufflenet", (0.25, 0.5, 1.0)),
         ("s_resnet50", (0.25, 0.5, 0.75, 1.0)),
+        ("s_mnasnet", (0.35, 0.5, 0.75, 1.0)),
     ],
 )
 def test_s_models_default_to_the_papers_widths(name, widths):
@@ -192,7 +195,7 @@ def test_per_group_width_map_runs(name):
 
 @pytest.mark.parametrize(
     "name",
-    ["s_mobilenet_v2", "s_shufflenet", "s_resnet18", "us_resnet50", "us_resnet20"],
+    ["s_mobilenet_v2", "s_shufflenet", "s_resnet18", "us_resnet50", "us_resnet20", "us_mnasnet"],
 )
 def test_channel_groups_are_real_ties(name):
     """Breaking a group (one member at another width) breaks the forward, and set_width says
@@ -233,6 +236,13 @@ def test_mobilenet_v2_groups_are_residual_stages():
     # stages with repeats: 24 (2), 32 (3), 64 (4), 96 (3), 160 (3)
     assert [len(g) for g in groups] == [2, 3, 4, 3, 3]
     assert groups[0] == ["features.2.body.6", "features.3.body.6"]
+
+
+def test_mnasnet_groups_are_residual_stages():
+    groups = built("s_mnasnet").channel_groups()
+    # stages with repeats: 24 (3), 40 (3), 80 (3), 96 (2), 192 (4)
+    assert [len(g) for g in groups] == [3, 3, 3, 2, 4]
+    assert groups[0] == ["features.2.body.6", "features.3.body.6", "features.4.body.6"]
 
 
 def test_expansion_channels_stay_multiples_of_the_ratio():

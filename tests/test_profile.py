@@ -85,6 +85,18 @@ def test_macs_and_params_match_the_paper(name):
     assert result.total_params - result.widths[0].params < 0.02 * result.total_params
 
 
+def test_s_mnasnet_widths_are_torchvisions_mnasnets():
+    """torchvision's mnasnet0_5 / 0_75 / 1_0 (MnasNet-B1 at depth multipliers 0.5 / 0.75 / 1.0,
+    the same rounding) as published with their weights: parameters exactly, and GFLOPS, which
+    torchvision prints cut to two decimals (0.75 is 215.5M MACs, printed 0.21)."""
+    published = {0.5: (2_218_512, 0.10), 0.75: (3_170_208, 0.21), 1.0: (4_383_312, 0.31)}
+    result = profile(meta_model("s_mnasnet"), 224, list(published))
+    for row in result.widths:
+        params, gmacs = published[row.width]
+        assert row.params == params, row.width
+        assert int(row.macs / 1e7) == round(gmacs * 100), (row.width, row.macs)
+
+
 def test_mobilenet_v1_075_is_the_authors_325m():
     (row,) = profile(meta_model("s_mobilenet_v1"), 224, [0.75]).widths
     assert abs(row.macs - 325e6) < 0.01 * 325e6  # not the paper's 317M

@@ -531,6 +531,7 @@ def test_search_command_errors_are_one_line(us_checkpoint, tmp_path, capsys):
     [
         ("autoslim_mobilenet_v1", {"150M": 150e6, "325M": 325e6, "572M": 572e6}),
         ("autoslim_resnet50", {"570M": 570e6, "1G": 1000e6, "2G": 2006e6, "3G": 3005e6}),
+        ("autoslim_mnasnet", {"217M": 217e6, "315M": 315e6, "532M": 532e6}),
     ],
 )
 def test_published_autoslim_networks_have_the_authors_macs(name, labels):
@@ -541,10 +542,36 @@ def test_published_autoslim_networks_have_the_authors_macs(name, labels):
         assert abs(count_macs(net, (3, 224, 224)) - macs) <= 0.002 * macs, key
 
 
+def test_autoslim_mnasnet_runs_the_published_channels():
+    """Every conv runs at the authors' count at full width, in their ``channel_num_list``
+    order (an expansion of 400 channels with ratio 6 once ran at 384)."""
+    from slimmable.models.autoslim import AUTOSLIM_MNASNET
+
+    for label, published in AUTOSLIM_MNASNET.items():
+        with torch.device("meta"):
+            net = create_model("autoslim_mnasnet", channels=label)
+        convs = [m for m in net.modules() if isinstance(m, nn.Conv2d) and not m.depthwise]
+        assert [m.channels_at(1.0) for m in convs] == published, label
+        # depthwise convs run on their expansion's channels
+        for block in list(net.features)[2:-1]:
+            assert block.body[3].channels_at(1.0) == block.body[0].channels_at(1.0)
+    with torch.device("meta"):
+        as_list = create_model("autoslim_mnasnet", channels=AUTOSLIM_MNASNET["217M"])
+        plain = create_model("autoslim_mnasnet", channels="217M")
+        us = create_model("autoslim_mnasnet", channels="217M", width_range=(0.5, 1.0))
+    assert count_macs(as_list, (3, 224, 224)) == count_macs(plain, (3, 224, 224))
+    assert count_macs(us, (3, 224, 224), 0.5) < 0.4 * count_macs(us, (3, 224, 224), 1.0)
+    with pytest.raises(ValueError, match="no published AutoSlim configuration '539M'"):
+        create_model("autoslim_mnasnet", channels="539M")
+    with pytest.raises(ValueError, match="has 35"):
+        create_model("autoslim_mnasnet", channels=[8, 8])
+
+
 def test_autoslim_mobilenet_v2_and_resnet50_build_searched_channels():
     for searched_name, name, size, kwargs in [
         ("us_mobilenet_v2_cifar", "autoslim_mobilenet_v2", (3, 32, 32), {"cifar": True}),
         ("us_resnet50", "autoslim_resnet50", (3, 224, 224), {}),
+        ("us_mnasnet", "autoslim_mnasnet", (3, 224, 224), {}),
     ]:
         with torch.device("meta"):
             searched = create_model(searched_name, num_classes=10)

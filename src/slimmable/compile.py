@@ -14,6 +14,11 @@ things keep the graph general:
 
 S-Nets still compile one graph per switch (each width has its own BN); a US-Net compiles one
 graph for all of its widths (uniform or per layer).
+
+Speed: on a CPU this is no faster than eager mode (``benchmarks/compile.py``, docs/recipes.md).
+The opaque convolutions keep the layout they are given, so Inductor cannot run them in
+channels-last, which is what makes compiled convolutional networks faster there; putting the
+model and its inputs in channels-last memory format gets that gain without compiling.
 """
 
 from __future__ import annotations

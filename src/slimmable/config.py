@@ -73,8 +73,12 @@ class TrainConfig:
     progress: bool = True  # tqdm bar per epoch
     threads: int | None = None  # CPU threads while training (None: torch's default)
     amp: str = "none"  # autocast: "none", "bf16" or "fp16" (fp16 adds a GradScaler)
-    channels_last: bool = False  # NHWC memory format (faster convs on recent GPUs)
-    compile: bool = False  # torch.compile the model (dynamic shapes: widths change them)
+    # NHWC memory format: faster convs on recent GPUs, and on a CPU 0.79x the NCHW step time
+    # (docs/recipes.md); torch 2.13 on CPU aborts on small ResNets this way (same page)
+    channels_last: bool = False
+    # compile_slimmable: one graph for every width; on a CPU no faster than eager (0.96-1.08x,
+    # docs/recipes.md): use channels_last there. Unmeasured on GPUs
+    compile: bool = False
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from ..layers.base import WidthMixin
 from ..width import width_knobs
 from .helpers import with_cfg
 from .kit import make_kit
+from .mnasnet import MNasNet, table_channels
 from .mobilenet_v1 import MOBILENET_V1_SETTING, MobileNetV1
 from .mobilenet_v2 import MobileNetV2
 from .registry import register_model
@@ -261,6 +262,26 @@ AUTOSLIM_RESNET50 = {
     ],
 }
 
+# MNasNet (B1): the stem, the first block's projection, per later block its expansion and
+# projection, and the last 1x1 conv (``mnasnet.table_channels`` order), from a wider network
+# than MnasNet-B1 (expansions up to 1728 channels, a 1920-channel last conv). Labelled as in
+# their README's table (217M, 315M, 532M); the configuration file's comment on the last list
+# says 539M, which its channels do not give (531.8M counted).
+AUTOSLIM_MNASNET = {
+    "217M": [
+        *(16, 8, 24, 16, 48, 16, 24, 16, 48, 32, 48, 32, 48, 32, 192, 56, 400, 56, 400, 56),
+        *(400, 80, 432, 80, 648, 192, 864, 192, 864, 192, 864, 192, 1728, 280, 1280),
+    ],
+    "315M": [
+        *(16, 8, 40, 24, 48, 24, 40, 24, 48, 40, 80, 40, 48, 40, 352, 64, 400, 64, 400, 64),
+        *(464, 80, 432, 80, 792, 288, 864, 288, 864, 288, 1008, 288, 1728, 360, 1920),
+    ],
+    "532M": [
+        *(16, 8, 64, 32, 56, 32, 72, 32, 104, 64, 128, 64, 96, 64, 384, 104, 528, 104, 464, 104),
+        *(720, 128, 576, 128, 864, 288, 1584, 288, 1728, 288, 1728, 288, 1728, 480, 1920),
+    ],
+}
+
 
 def _named(channels: Channels | str | None, published: Mapping[str, list[int]], names: list[str]):
     """``{layer: channels}`` from a published label, a name map or a list in ``names`` order."""
@@ -284,11 +305,9 @@ def _named(channels: Channels | str | None, published: Mapping[str, list[int]], 
     return dict(zip(names, values, strict=True))
 
 
-def _searched(
-    reference: nn.Module, channels: Mapping[str, int], input_size: tuple[int, int, int]
-) -> nn.Module:
-    knobs = width_knobs(reference)
-    unknown = [n for n in channels if n not in knobs]
+def _check(channels: Mapping[str, int], names: Iterable[str]) -> None:
+    """Every named layer is one of ``names`` and gets a positive integer."""
+    unknown = [n for n in channels if n not in set(names)]
     if unknown:
         raise ValueError(
             f"channels names {unknown[0]!r}, which is no layer of this architecture; pass the "
@@ -297,6 +316,12 @@ def _searched(
     for name, value in channels.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"layer {name!r}: channels must be a positive integer, not {value!r}")
+
+
+def _searched(
+    reference: nn.Module, channels: Mapping[str, int], input_size: tuple[int, int, int]
+) -> nn.Module:
+    _check(channels, width_knobs(reference))
     model = build_at_channels(reference, channels, input_size)
     return with_cfg(model, input_size=input_size, paper="AutoSlim, Yu & Huang 2019")
 
@@ -380,3 +405,30 @@ def autoslim_resnet50(
             order.append(name)
     named = _named(channels, AUTOSLIM_RESNET50, order)
     return _searched(reference, named, (in_chans, 224, 224))
+
+
+@register_model
+def autoslim_mnasnet(
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    channels: Channels | str = "315M",
+    widths: Sequence[float] | None = None,
+    width_range: Sequence[float] | None = None,
+    norm: str | None = None,
+) -> nn.Module:
+    """AutoSlim-MNasNet (Yu & Huang, 2019): MnasNet-B1 at searched channels.
+
+    ``channels``: ``"217M"``, ``"315M"`` or ``"532M"`` (the authors' networks), the channels of a
+    search of ``us_mnasnet`` (``{layer: channels}``; the last conv keeps its 1280), or 35 counts in
+    the authors' order: the stem, each block's expansion and projection, the last 1x1 conv.
+    """
+    kit = make_kit(**_kit_kwargs(widths, width_range, norm))
+    with torch.device("meta"):
+        reference = MNasNet(make_kit(widths=(1.0,)), num_classes, in_chans)
+    last = f"features.{len(reference.features) - 1}.0"  # fixed: no width knob, but searched
+    names = [*width_knobs(reference), last]
+    named = _named(channels, AUTOSLIM_MNASNET, names)
+    _check(named, names)
+    counts = [named.get(n, c) for n, c in zip(names, table_channels(), strict=True)]
+    model = MNasNet(kit, num_classes, in_chans, channels=counts)
+    return with_cfg(model, paper="AutoSlim, Yu & Huang 2019")
