@@ -41,14 +41,37 @@ LOWER_BOUNDS = [0.25, 0.5, 0.75]
 CALIB_IMAGES = [0, 16, 64, 128, 256, 512, 1000, 2000]
 NONUNIFORM_MAPS = 16
 
+# The long schedule (sections 6-8): the findings that did not hold at 6 epochs, trained ten
+# times longer, evaluated every LONG_EVAL_EVERY epochs for the curves.
+LONG_EPOCHS = 60
+LONG_EVAL_EVERY = 5
+# US-Net recipes (n = 4, widths [0.25, 1]): without and with in-place distillation, and the
+# remedies the US-Nets paper's successors use when distillation hurts.
+DISTILL_RECIPES: dict[str, dict[str, Any]] = {
+    "nokd": {"inplace_distill": False},
+    "kd": {"inplace_distill": True},
+    "kd_warmup": {"inplace_distill": True, "distill_warmup_epochs": 10.0},  # 1/6 of the run
+    "kd_ls": {"inplace_distill": True, "label_smoothing": 0.1},  # a softer teacher
+    "kd_t3": {"inplace_distill": True, "distill_temperature": 3.0},
+}
+# AutoSlim on a deeper network: ResNet-20 (19 convs, 12 channel groups) on mnist5k at 14x14
+# (28x28 costs 4x), training images held out to score the search, searched against uniform
+# at the MACs of these uniform widths; the RETRAIN ones are also trained from scratch.
+DEEP_IMAGE_SIZE = 14
+DEEP_HOLDOUT = 500
+DEEP_EPOCHS = 30
+DEEP_WIDTHS = [0.35, 0.5, 0.75]
+DEEP_RETRAIN = [0.35, 0.5]
+SEARCH_IMAGES = 250  # held-out images that score every trial (--metric loss)
+
 
 # ---- the plan --------------------------------------------------------------------------------
-def base_config(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+def base_config(args: argparse.Namespace, seed: int, epochs: int | None = None) -> dict[str, Any]:
     return {
         "model": {"name": "small_cnn", "kwargs": {"setting": SETTING}},
         "data": {"name": args.data},
         "train": {
-            "epochs": args.epochs,
+            "epochs": epochs or args.epochs,
             "batch_size": 64,
             "lr": 0.1,
             "weight_decay": 5e-4,
@@ -91,6 +114,7 @@ def plan(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             add(f"individual_{w:g}", "individual", {"widths": [w]})
         add("naive", "naive", {"widths": SNET_WIDTHS})
         add("slimmable", "slimmable", {"widths": SNET_WIDTHS})
+        add("incremental", "incremental", {"widths": SNET_WIDTHS})  # epochs per width
         for n in args.sandwich:
             for distill in (True, False):
                 add(
@@ -117,17 +141,123 @@ def plan(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             {"num_sample_widths": 4, "inplace_distill": True, "nonuniform": True},
             widths=grid(0.25, args.grid_step),
         )
+        runs.update(plan_long(args, seed))
     return runs
+
+
+def plan_long(args: argparse.Namespace, seed: int) -> dict[str, dict[str, Any]]:
+    """The long-schedule runs of one seed (names start with ``long_``)."""
+    runs: dict[str, dict[str, Any]] = {}
+
+    def add(name: str, mode: str, model: dict, train: dict | None = None, **ev: Any) -> None:
+        cfg = base_config(args, seed, args.long_epochs)
+        cfg["model"].update(model)
+        cfg["train"].update({"mode": mode, **(train or {})})
+        cfg["eval"].update({"every": LONG_EVAL_EVERY, **ev})
+        runs[f"long_{name}_s{seed}"] = cfg
+
+    for w in SNET_WIDTHS:
+        add(f"individual_{w:g}", "individual", {"widths": [w]})
+    add("slimmable", "slimmable", {"widths": SNET_WIDTHS})
+    add("incremental", "incremental", {"widths": SNET_WIDTHS})  # long_epochs per width
+    for recipe, train in DISTILL_RECIPES.items():
+        if args.quick and recipe == "kd_warmup":
+            train = {**train, "distill_warmup_epochs": 1.0}
+        add(f"us_{recipe}", "universal", {"width_range": [0.25, 1.0]}, train, widths=SNET_WIDTHS)
+
+    # AutoSlim's supernet and the uniform networks it is compared with, trained from scratch
+    def deep(name: str, mode: str, model: dict, **ev: Any) -> None:
+        cfg = base_config(args, seed, args.deep_epochs)
+        cfg["model"] = {"name": "resnet20", **model}
+        cfg["data"].update({"image_size": args.deep_image_size, "holdout": DEEP_HOLDOUT})
+        cfg["train"]["mode"] = mode
+        cfg["eval"].update({"every": 10, **ev})
+        runs[f"long_r20_{name}_s{seed}"] = cfg
+
+    deep("us", "universal", {"width_range": [0.25, 1.0]}, widths=SNET_WIDTHS)
+    for w in args.deep_retrain:
+        deep(f"uniform_{w:g}", "individual", {"widths": [w]})
+    return runs
+
+
+def plan_retrain(args: argparse.Namespace, runs: dict[str, dict]) -> dict[str, dict[str, Any]]:
+    """The searched ResNet-20s, trained from scratch (needs each seed's search)."""
+    out: dict[str, dict[str, Any]] = {}
+    targets = deep_targets(args)
+    for seed in args.seeds:
+        result = search_result(args.runs_dir, seed)
+        for w in args.deep_retrain:
+            cfg = json.loads(json.dumps(runs[f"long_r20_uniform_{w:g}_s{seed}"]))
+            channels = result.channels(targets[f"{w:g}"])
+            cfg["model"] = {"name": "autoslim_resnet20", "widths": [1.0]}
+            cfg["model"]["kwargs"] = {"channels": channels}
+            out[f"long_r20_searched_{w:g}_s{seed}"] = cfg
+    return out
+
+
+def deep_targets(args: argparse.Namespace) -> dict[str, int]:
+    """Search target label (the uniform width) -> that uniform ResNet-20's MACs."""
+    import slimmable
+    from slimmable.profile import MacsCounter
+
+    model = slimmable.create_model("us_resnet20", num_classes=10, in_chans=1)
+    count = MacsCounter(model, (1, args.deep_image_size, args.deep_image_size))
+    return {f"{w:g}": count(w) for w in args.deep_widths}
+
+
+def search_one(job: tuple[str, list[int], int, str]) -> str:
+    """AutoSlim on one trained US ResNet-20, with the command users run (one thread)."""
+    from slimmable.cli import main as cli
+    from slimmable.train.engine import cpu_threads
+
+    run_dir, targets, images, out = job
+    args = ["search", run_dir, "--targets", ",".join(map(str, targets)), "--metric", "loss"]
+    args += ["--batches", "1", "--batch-size", str(images), "--device", "cpu"]
+    t0, c0 = time.perf_counter(), time.process_time()
+    with cpu_threads(1):
+        code = cli([*args, "--out", out, "--overwrite", "--no-progress"])
+    if code != 0:
+        raise RuntimeError(f"slimmable search {run_dir} failed (exit {code})")
+    seconds = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+    Path(out).with_suffix(".seconds.json").write_text(json.dumps(seconds))
+    return out
+
+
+def search_all(args: argparse.Namespace, workers: int) -> None:
+    """One search per seed, cached as ``autoslim.json`` in the supernet's run directory."""
+    targets = deep_targets(args)
+    todo = []
+    for seed in args.seeds:
+        run_dir = args.runs_dir / f"long_r20_us_s{seed}"
+        out = run_dir / "autoslim.json"
+        if not out.is_file():
+            todo.append((str(run_dir), list(targets.values()), args.search_images, str(out)))
+    print(f"{len(args.seeds)} searches, {len(args.seeds) - len(todo)} cached", flush=True)
+    if workers <= 1 or len(todo) <= 1:
+        list(map(search_one, todo))
+    else:
+        with mp.get_context("spawn").Pool(min(workers, len(todo))) as pool:
+            list(pool.imap_unordered(search_one, todo))
+
+
+def search_result(runs_dir: Path, seed: int) -> Any:
+    """The seed's AutoSlim search (a :class:`slimmable.search.SearchResult`)."""
+    from slimmable.search import read_search
+
+    return read_search(runs_dir / f"long_r20_us_s{seed}" / "autoslim.json")
+
+
+MODEL_COST = {"small_cnn": 1.0, "resnet20": 9.0, "autoslim_resnet20": 9.0}  # per width-step
 
 
 def cost(cfg: dict[str, Any]) -> float:
     """Rough relative training cost, to start the longest runs first."""
-    t = cfg["train"]
+    t, m = cfg["train"], cfg["model"]
     if t["mode"] == "universal":
-        return t["num_sample_widths"]
-    if t["mode"] == "individual":
-        return cfg["model"]["widths"][0]
-    return len(cfg["model"]["widths"])
+        per_step = 0.6 * t.get("num_sample_widths", 4)
+    else:
+        per_step = sum(m["widths"]) * (len(m["widths"]) if t["mode"] == "incremental" else 1)
+    return per_step * t["epochs"] * MODEL_COST[m["name"]]
 
 
 def train_one(job: tuple[str, dict[str, Any], str]) -> tuple[str, float]:
@@ -135,18 +265,39 @@ def train_one(job: tuple[str, dict[str, Any], str]) -> tuple[str, float]:
     from slimmable.train import config_from_dict
 
     name, cfg, out = job
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     slimmable.train(config_from_dict(cfg), out, overwrite=True)  # an interrupted run restarts
     seconds = time.perf_counter() - t0
-    (Path(out) / "seconds.json").write_text(json.dumps({"train_seconds": seconds}))
+    cpu = time.process_time() - c0  # one training thread: what the run cost the machine
+    (Path(out) / "seconds.json").write_text(
+        json.dumps({"train_seconds": seconds, "cpu_seconds": cpu})
+    )
     return name, seconds
+
+
+def cached(run_dir: Path, cfg: dict[str, Any]) -> bool:
+    """Whether ``run_dir`` holds the finished run of ``cfg``; a finished run of another config
+    stops the benchmark (it is never overwritten)."""
+    from slimmable.config import load_config
+    from slimmable.train import config_from_dict
+
+    if not (run_dir / "eval.json").is_file():
+        return False
+    stored, wanted = load_config(run_dir / "config.yaml").to_dict(), config_from_dict(cfg).to_dict()
+    if stored != wanted:
+        differ = [f"{k}.{f}" for k in wanted for f in wanted[k] if stored[k][f] != wanted[k][f]]
+        raise SystemExit(
+            f"{run_dir} holds a finished run of another config ({', '.join(differ)} differ): "
+            "move it away, or give another --runs folder"
+        )
+    return True
 
 
 def run_all(runs: dict[str, dict[str, Any]], runs_dir: Path, workers: int) -> None:
     todo = [
         (name, cfg, str(runs_dir / name))
         for name, cfg in sorted(runs.items(), key=lambda kv: -cost(kv[1]))
-        if not (runs_dir / name / "eval.json").is_file()
+        if not cached(runs_dir / name, cfg)
     ]
     print(f"{len(runs)} runs, {len(runs) - len(todo)} cached, {len(todo)} to train", flush=True)
     t0 = time.perf_counter()
@@ -559,6 +710,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; quick 0)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 6; quick 1)")
     p.add_argument(
+        "--long-epochs", type=int, default=None,
+        help=f"epochs of the long schedule (default {LONG_EPOCHS}; quick 2)",
+    )  # fmt: skip
+    p.add_argument(
+        "--deep-epochs", type=int, default=None,
+        help=f"epochs of the ResNet-20 runs (default {DEEP_EPOCHS}; quick 1)",
+    )  # fmt: skip
+    p.add_argument("--train-only", action="store_true", help="train and search, write no report")
+    p.add_argument(
         "--workers", type=int, default=2, help="runs trained in parallel (1 thread each)"
     )
     p.add_argument("--runs", default=None, help="run directories (default runs/reproduce[_quick])")
@@ -574,8 +734,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.maps = 3 if q else NONUNIFORM_MAPS
     args.lower_bounds = [0.25, 0.5] if q else LOWER_BOUNDS
     args.calib_images = [0, 64, 2000] if q else CALIB_IMAGES
+    args.long_epochs = args.long_epochs or (1 if q else LONG_EPOCHS)
+    args.deep_epochs = args.deep_epochs or (1 if q else DEEP_EPOCHS)
+    args.deep_image_size = 8 if q else DEEP_IMAGE_SIZE  # digits are 8x8
+    args.deep_widths = [0.75] if q else DEEP_WIDTHS
+    args.deep_retrain = [0.75] if q else DEEP_RETRAIN
+    args.search_images = 64 if q else SEARCH_IMAGES
     suffix = "_quick" if q else ""
-    runs_dir = Path(args.runs or ROOT / f"runs/reproduce{suffix}")
+    runs_dir = args.runs_dir = Path(args.runs or ROOT / f"runs/reproduce{suffix}")
     report = Path(args.report or ROOT / "docs/reproduction.md")
     img = report.parent / "img"
     img.mkdir(parents=True, exist_ok=True)
@@ -591,6 +757,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     runs = plan(args)
     run_all(runs, runs_dir, args.workers)
+    search_all(args, args.workers)  # AutoSlim on each seed's ResNet-20, then the retraining
+    runs.update(plan_retrain(args, runs))
+    run_all(runs, runs_dir, args.workers)
+    if args.train_only:
+        return 0
     train_s = sum(
         json.loads((runs_dir / name / "seconds.json").read_text())["train_seconds"]
         for name in runs
