@@ -62,6 +62,32 @@ def test_mistyped_values_are_errors(override, message):
         load_config(None, [override])
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.distill_temperature=0"], "distill_temperature must be positive"),
+        (["train.distill_warmup_epochs=-1"], "distill_warmup_epochs must be 0 or more"),
+        (
+            ["train.inplace_distill=false", "train.distill_temperature=2"],
+            "shapes in-place distillation, which is off: set train.inplace_distill=true",
+        ),
+        (
+            ["train.inplace_distill=false", "train.distill_warmup_epochs=5"],
+            "train.distill_warmup_epochs shapes in-place distillation, which is off",
+        ),
+        (
+            ["train.mode=individual", "model.widths=[0.5]", "train.distill_temperature=2"],
+            "train.mode=individual trains one width per step",
+        ),
+    ],
+)
+def test_distillation_options_are_checked(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, overrides)
+    defaults = load_config(None).train  # the defaults leave distillation as it always was
+    assert (defaults.distill_temperature, defaults.distill_warmup_epochs) == (1.0, 0.0)
+
+
 def test_set_values_parse_as_yaml():
     cfg = load_config(
         None,

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from slimmable.checkpoint import load_checkpoint
+from slimmable.checkpoint import load_checkpoint, save_checkpoint
 from slimmable.train import config_from_dict, train
 
 
@@ -87,6 +87,18 @@ def test_resume_refuses_a_changed_config(tmp_path):
     train(config(), tmp_path, stop_after_steps=3)
     with pytest.raises(ValueError, match=r"differs from the checkpoint's in train\.lr"):
         train(config(lr=0.5), tmp_path, resume=True)
+
+
+def test_resume_of_a_run_saved_before_a_config_key_existed(tmp_path):
+    """A key added later (here the distillation options) takes its default on resume."""
+    train(config(), tmp_path, stop_after_steps=3)
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    for key in ("distill_temperature", "distill_warmup_epochs"):
+        del ckpt["config"]["train"][key]
+    save_checkpoint(tmp_path / "checkpoint.pt", ckpt)
+    assert train(config(), tmp_path, resume=True).finished
+    with pytest.raises(ValueError, match=r"differs from the checkpoint's in train\.distill_temp"):
+        train(config(distill_temperature=2.0), tmp_path, resume=True)
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):

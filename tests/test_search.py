@@ -338,6 +338,22 @@ def test_autoslim_small_cnn_builds_the_searched_channels():
         create_model("autoslim_small_cnn", channels=[8, 8])
 
 
+def test_autoslim_resnet20_builds_a_search_of_us_resnet20():
+    model = create_model("us_resnet20", num_classes=10, in_chans=1)
+    batches = [(torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)))]
+    result = autoslim(model, batches, ["60%"])
+    channels = result.channels()
+    assert any(c != channels["features.0.0"] for c in channels.values())  # nonuniform
+    net = create_model("autoslim_resnet20", num_classes=10, in_chans=1, channels=channels)
+    assert _out_channels(net.eval(), torch.randn(2, 1, 8, 8)) == channels
+    assert count_macs(net, (1, 8, 8)) == result.results[0].macs
+    assert slimmable.width_choices(net) == (1.0,)
+    full = create_model("autoslim_resnet20", num_classes=10, in_chans=1)
+    assert count_macs(full, (1, 8, 8)) == count_macs(model, (1, 8, 8))
+    with pytest.raises(ValueError, match="this architecture has 21"):
+        create_model("autoslim_resnet20", channels=[8, 8])
+
+
 # ---- real data: digits -----------------------------------------------------------------------
 
 

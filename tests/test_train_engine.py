@@ -183,12 +183,12 @@ def test_models_follow_the_mode_and_the_data():
 
 
 # ---- one exact step --------------------------------------------------------------------------
-def test_one_step_is_algorithm_1_with_inplace_distillation(tmp_path):
-    """Reproduce the engine's first step by hand: every width, largest first, one step."""
-    cfg = tiny(
-        "slimmable",
-        train={"inplace_distill": True, "label_smoothing": 0.1, "weight_decay": 0.0, "lr": 0.05},
-    )
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_one_step_is_algorithm_1_with_inplace_distillation(tmp_path, temperature):
+    """Reproduce the engine's first step by hand: every width, largest first, one step; the
+    students learn from ``softmax(teacher / T)`` with ``T**2 * CE(student / T)``."""
+    train_cfg = {"inplace_distill": True, "label_smoothing": 0.1, "weight_decay": 0.0, "lr": 0.05}
+    cfg = tiny("slimmable", train={**train_cfg, "distill_temperature": temperature})
     train_set, _, info = build_datasets("digits")
     torch.manual_seed(cfg.train.seed)
     model, _ = build_model(cfg, info)
@@ -206,9 +206,9 @@ def test_one_step_is_algorithm_1_with_inplace_distillation(tmp_path):
                 logits = model(x)
             if teacher is None:
                 loss = F.cross_entropy(logits, y, label_smoothing=0.1)
-                teacher = logits.detach().softmax(1)
+                teacher = (logits.detach() / temperature).softmax(1)
             else:
-                loss = F.cross_entropy(logits, teacher)
+                loss = F.cross_entropy(logits / temperature, teacher) * temperature**2
             loss.backward()
         opt.step()
 
@@ -217,6 +217,34 @@ def test_one_step_is_algorithm_1_with_inplace_distillation(tmp_path):
     got = result.model.state_dict()
     for key, value in model.state_dict().items():
         assert torch.allclose(got[key].float(), value.float(), atol=1e-6), key
+
+
+def _weights_after(cfg, out, steps: int) -> dict[str, torch.Tensor]:
+    return train(cfg, out, stop_after_steps=steps).model.state_dict()
+
+
+def test_distillation_starts_after_its_warm_up(tmp_path):
+    """Before train.distill_warmup_epochs every width learns from the labels (exactly the run
+    without distillation); from then on the students learn from the largest width."""
+    base = {"num_sample_widths": 3, "lr": 0.05}
+    warm = tiny(train={**base, "distill_warmup_epochs": 2 / 22})  # 22 steps per epoch
+    plain = tiny(train={**base, "inplace_distill": False})
+    distilled = tiny(train={**base, "inplace_distill": True})
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    warm2, plain2 = (
+        _weights_after(warm, tmp_path / "w2", 2),
+        _weights_after(plain, tmp_path / "p2", 2),
+    )
+    assert same(warm2, plain2)
+    assert not same(warm2, _weights_after(distilled, tmp_path / "d2", 2))
+    warm3, plain3 = (
+        _weights_after(warm, tmp_path / "w3", 3),
+        _weights_after(plain, tmp_path / "p3", 3),
+    )
+    assert not same(warm3, plain3)  # step 3 distils
 
 
 # ---- a whole run -----------------------------------------------------------------------------

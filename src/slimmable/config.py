@@ -55,6 +55,8 @@ class TrainConfig:
     mode: str = "universal"
     num_sample_widths: int = 4  # n of the sandwich rule: largest, smallest and n-2 random
     inplace_distill: bool = True
+    distill_temperature: float = 1.0  # teacher and students at softmax(logits / T), loss x T^2
+    distill_warmup_epochs: float = 0.0  # before this, every width learns from the labels
     nonuniform: bool = False  # random widths of the sandwich get a random width per layer
     epochs: int = 10  # incremental: epochs per width
     batch_size: int = 64
@@ -227,6 +229,37 @@ def _check_widths(m: ModelConfig, e: EvalConfig) -> None:
         raise ValueError(f"eval.widths must be positive, got {e.widths}")
 
 
+def _check_distillation(t: TrainConfig) -> None:
+    """The distillation options are valid, and only given where in-place distillation runs."""
+    if t.distill_temperature <= 0:
+        raise ValueError(
+            f"train.distill_temperature must be positive (1: the plain softmax), got "
+            f"{t.distill_temperature}"
+        )
+    if t.distill_warmup_epochs < 0:
+        raise ValueError("train.distill_warmup_epochs must be 0 or more epochs")
+    changed = [
+        key
+        for key, value, default in (
+            ("distill_temperature", t.distill_temperature, 1.0),
+            ("distill_warmup_epochs", t.distill_warmup_epochs, 0.0),
+        )
+        if value != default
+    ]
+    if not changed:
+        return
+    if not t.inplace_distill:
+        raise ValueError(
+            f"train.{changed[0]} shapes in-place distillation, which is off: set "
+            f"train.inplace_distill=true, or remove train.{changed[0]}"
+        )
+    if t.mode in ("individual", "incremental"):
+        raise ValueError(
+            f"train.{changed[0]} shapes in-place distillation, but train.mode={t.mode} trains "
+            "one width per step (nothing to distill from): remove it, or train universally"
+        )
+
+
 def _validate(cfg: Config) -> Config:
     t = cfg.train
     _finite_floats(cfg)
@@ -255,6 +288,7 @@ def _validate(cfg: Config) -> Config:
         raise ValueError("train.label_smoothing must be in [0, 1)")
     if t.lr <= 0:
         raise ValueError(f"train.lr must be positive, got {t.lr}")
+    _check_distillation(t)
     if t.mode != "universal" and (t.nonuniform or t.num_sample_widths != 4):
         key = "train.nonuniform" if t.nonuniform else "train.num_sample_widths"
         raise ValueError(

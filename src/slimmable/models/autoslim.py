@@ -26,7 +26,7 @@ from .mnasnet import MNasNet, table_channels
 from .mobilenet_v1 import MOBILENET_V1_SETTING, MobileNetV1
 from .mobilenet_v2 import MobileNetV2
 from .registry import register_model
-from .resnet import RESNET_SETTINGS, ResNet
+from .resnet import CIFAR_STAGE_CHANNELS, RESNET_SETTINGS, ResNet
 from .small_cnn import SMALL_CNN_SETTING, SmallCNN
 
 Channels = Mapping[str, int] | Sequence[int]
@@ -432,3 +432,23 @@ def autoslim_mnasnet(
     counts = [named.get(n, c) for n, c in zip(names, table_channels(), strict=True)]
     model = MNasNet(kit, num_classes, in_chans, channels=counts)
     return with_cfg(model, paper="AutoSlim, Yu & Huang 2019")
+
+
+@register_model
+def autoslim_resnet20(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    channels: Channels | None = None,
+    widths: Sequence[float] | None = None,
+    width_range: Sequence[float] | None = None,
+    norm: str | None = None,
+) -> nn.Module:
+    """ResNet-20 for 32x32 inputs (``us_resnet20``'s architecture) at searched channels.
+
+    ``channels``: the channels of a search of ``us_resnet20`` / ``s_resnet20`` (``{layer:
+    channels}``; a stage's residual sums share one count), or 21 counts in layer order.
+    """
+    kit = make_kit(divisor=4, **_kit_kwargs(widths, width_range, norm))
+    reference = ResNet(kit, "basic", (3, 3, 3), num_classes, in_chans, CIFAR_STAGE_CHANNELS, True)
+    named = _named(channels, {}, list(width_knobs(reference)))
+    return _searched(reference, named, (in_chans, 32, 32))

@@ -3,7 +3,7 @@
 from ..config import Config, config_from_dict, load_config, save_config
 from .distributed import World
 from .engine import TrainResult, build_model, train
-from .losses import cross_entropy, soft_cross_entropy
+from .losses import cross_entropy, soft_cross_entropy, soft_target
 from .optim import Schedule, build_optimizer, build_schedule, param_groups
 from .sampling import WidthSampler
 
@@ -22,5 +22,6 @@ __all__ = [
     "param_groups",
     "save_config",
     "soft_cross_entropy",
+    "soft_target",
     "train",
 ]

@@ -51,7 +51,7 @@ from ..width import Width, set_width, width_choices
 from . import distributed as ddp
 from .distributed import World
 from .incremental import IncrementalStages
-from .losses import cross_entropy, soft_cross_entropy
+from .losses import cross_entropy, soft_cross_entropy, soft_target
 from .optim import Schedule, build_optimizer, build_schedule, set_lr
 from .sampling import WidthSampler
 
@@ -237,6 +237,18 @@ def _config_diff(a: Mapping, b: Mapping, prefix: str = "") -> list[str]:
     return keys
 
 
+def _with_defaults(stored: Mapping, defaults: Mapping) -> dict:
+    """``stored`` with the keys it lacks taken from ``defaults`` (defaults keep older runs'
+    behaviour, so a run saved before a key existed resumes)."""
+    out = dict(stored)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, Mapping) and isinstance(out[k], Mapping) and k != "kwargs":
+            out[k] = _with_defaults(out[k], v)
+    return out
+
+
 @dataclass
 class Setup:
     """What a run is built from, once: data, model, optimizer, schedule, widths, evaluation."""
@@ -255,6 +267,7 @@ class Setup:
     epochs: int  # in all (incremental: train.epochs per width)
     total_steps: int
     incremental: IncrementalStages | None  # train.mode=incremental: one width per stage
+    distill_from: int  # the first step of in-place distillation (train.distill_warmup_epochs)
     input_size: tuple[int, ...]
     eval_widths: list[Width]
     macs: dict[float, int]  # of each eval width
@@ -299,6 +312,7 @@ def build(cfg: Config, world: World) -> Setup:
         epochs=total // n_steps,
         total_steps=total,
         incremental=stages,
+        distill_from=math.ceil(tc.distill_warmup_epochs * n_steps),
         input_size=input_size,
         eval_widths=widths,
         macs={w: count(w) for w in widths},
@@ -361,7 +375,8 @@ class TrainState:
 def restore(s: Setup, path: Path) -> TrainState:
     """Load ``path`` into the set-up (weights, optimizer, RNGs) and return its state."""
     ckpt = load_checkpoint(path)  # on the CPU: RNG states must stay there
-    changed = [k for k in _config_diff(ckpt["config"], s.cfg.to_dict()) if k not in RESUME_FREE]
+    stored = _with_defaults(ckpt["config"], Config().to_dict())  # keys added since it was saved
+    changed = [k for k in _config_diff(stored, s.cfg.to_dict()) if k not in RESUME_FREE]
     if changed:
         raise ValueError(
             f"the config differs from the checkpoint's in {', '.join(changed)}; resume with "
@@ -607,6 +622,7 @@ def run_training(
                 lr = s.schedule(s.incremental.step_in_stage(state.step))
             set_lr(s.optimizer, lr)
             s.optimizer.zero_grad(set_to_none=True)
+            distill = tc.inplace_distill and state.step >= s.distill_from
             teacher = None
             labels, losses = [], []
             for i, w in enumerate(widths):
@@ -615,12 +631,12 @@ def run_training(
                     with autocast(tc.amp, world.device):
                         logits = s.net(x)
                     logits = logits.float()
-                    if teacher is None:  # the largest width learns from the labels
+                    if teacher is None:  # from the labels: the largest width (no teacher: all)
                         loss = cross_entropy(logits, y, tc.label_smoothing)
-                        if tc.inplace_distill:
-                            teacher = logits.detach().softmax(dim=1)
+                        if distill:
+                            teacher = soft_target(logits, tc.distill_temperature)
                     else:  # in-place distillation: the others learn from the largest
-                        loss = soft_cross_entropy(logits, teacher)
+                        loss = soft_cross_entropy(logits, teacher, tc.distill_temperature)
                     s.scaler.scale(loss).backward()
                 fixed = s.sampler.switches is not None or i < 2  # largest, smallest, S switches
                 labels.append(f"{w:g}" if fixed else "random")
