@@ -422,7 +422,8 @@ def export_subnet(
     - ``pt``: a ``torch.export`` program (``torch.export.save``); load it with
       ``torch.export.load(path).module()``;
     - ``torchscript``: ``torch.jit.trace`` of ``net``; load with ``torch.jit.load(path)``;
-    - ``onnx``: an ONNX model (input ``input``, output ``logits``), for onnxruntime & co.
+    - ``onnx``: an ONNX model (input ``input``, output ``logits``; a ``features_only`` backbone
+      has outputs ``features.0``, ``features.1``, ...), for onnxruntime & co.
 
     The batch size stays free; the image size is fixed to ``input_size``. ``metadata`` (e.g.
     the width) is stored in the file: ``slimmable.json`` extra file (``pt``, TorchScript) or
@@ -483,13 +484,17 @@ def _export(
 def _write_onnx(net: nn.Module, x: Tensor, tmp: Path, metadata: Mapping[str, Any]) -> None:
     import onnx  # optional dependency: pip install slimmable[onnx]
 
+    with torch.no_grad():
+        outputs = len(list(_tensors(net(x))))
+    # one output (logits, or per-pixel logits); a features_only backbone has one per stage
+    names = ["logits"] if outputs == 1 else [f"features.{i}" for i in range(outputs)]
     with _quiet("torch.onnx", "torch.export", "onnxscript"):
         program = torch.onnx.export(
             net,
             (x,),
             dynamo=True,
             input_names=["input"],
-            output_names=["logits"],
+            output_names=names,
             dynamic_shapes=_dynamic_batch(),
             external_data=False,
             verbose=False,
@@ -517,9 +522,11 @@ def load_exported(path: str | os.PathLike, format: str | None = None) -> Callabl
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
-        def run(x: Tensor) -> Tensor:
-            (y,) = session.run(None, {"input": x.detach().cpu().numpy()})
-            return torch.from_numpy(y)
+        def run(x: Tensor) -> Tensor | list[Tensor]:
+            ys = [
+                torch.from_numpy(y) for y in session.run(None, {"input": x.detach().cpu().numpy()})
+            ]
+            return ys[0] if len(ys) == 1 else ys
 
         return run
     raise ValueError(f"cannot tell the format of {path}; give format= one of {FORMATS}")
