@@ -26,7 +26,8 @@ from slimmable.data import build_datasets
 from slimmable.models import make_kit
 from slimmable.models.autoslim import autoslim_small_cnn
 from slimmable.models.small_cnn import SmallCNN
-from slimmable.search import MacsCounter, count_macs, format_macs, get_channels
+from slimmable.search import MacsCounter, count_macs, get_channels
+from slimmable.units import format_count
 from slimmable.width import width_bounds, width_knobs
 
 
@@ -218,10 +219,10 @@ def main() -> None:
     print("|" + "---|" * (header.count("|") - 1))
     for w in args.widths:
         r = rows[w]
-        macs = format_macs(statistics.mean(r["macs"]))
+        macs = format_count(statistics.mean(r["macs"]))
         same = statistics.mean(r["uniform_at_width"])
         line = (
-            f"| {w:g} | {format_macs(r['uniform_macs'])} | {ms(r['uniform'])} | {macs}"
+            f"| {w:g} | {format_count(r['uniform_macs'])} | {ms(r['uniform'])} | {macs}"
             f" | {ms(r['searched'])} | {same:.3f} | {ms(r['uniform_at_macs'])} |"
         )
         if args.retrain:

@@ -136,7 +136,7 @@ def train_one(job: tuple[str, dict[str, Any], str]) -> tuple[str, float]:
 
     name, cfg, out = job
     t0 = time.perf_counter()
-    slimmable.train(config_from_dict(cfg), out)
+    slimmable.train(config_from_dict(cfg), out, overwrite=True)  # an interrupted run restarts
     seconds = time.perf_counter() - t0
     (Path(out) / "seconds.json").write_text(json.dumps({"train_seconds": seconds}))
     return name, seconds
@@ -171,25 +171,25 @@ def eval_json(runs_dir: Path, name: str) -> dict[float, float]:
 
 
 def load(runs_dir: Path, name: str) -> tuple[torch.nn.Module, Any]:
-    from slimmable.checkpoint import load_checkpoint, model_from_checkpoint
-    from slimmable.train.engine import load_run_config
+    from slimmable.run import open_run
 
-    ckpt = load_checkpoint(runs_dir / name / "checkpoint.pt")
-    return model_from_checkpoint(ckpt).eval(), load_run_config(ckpt)
+    run = open_run(runs_dir / name)
+    return run.model, run.config
 
 
 def datasets(cfg: Any) -> tuple[Any, Any]:
-    from slimmable.data import build_datasets
-    from slimmable.train.loader import eval_loader
+    from slimmable.data.loader import eval_loader
+    from slimmable.run import run_datasets
 
-    train_set, test_set, _ = build_datasets(cfg.data.name, seed=cfg.train.seed)
-    return train_set, eval_loader(test_set, 500)
+    data = run_datasets(cfg)
+    return data.train, eval_loader(data.test, 500)
 
 
 def recalibrate(model: torch.nn.Module, cfg: Any, train_set: Any, widths: list, images: int):
     """Fresh BN post-statistics for ``widths`` from ``images`` training images (0: none)."""
+    from slimmable.calibrate import calibrate
     from slimmable.layers.norm import USBatchNorm2d
-    from slimmable.train.engine import calibrate_model
+    from slimmable.run import calibration_data
     from slimmable.width import set_uncalibrated
 
     for m in model.modules():
@@ -199,7 +199,7 @@ def recalibrate(model: torch.nn.Module, cfg: Any, train_set: Any, widths: list, 
         set_uncalibrated(model, "running")
         return
     cfg.calibrate.images = images
-    calibrate_model(model, train_set, widths, cfg)
+    calibrate(model, calibration_data(cfg, train_set), widths)
 
 
 def accuracy(model: torch.nn.Module, loader: Any, width: Any) -> float:
@@ -497,7 +497,7 @@ def random_maps(model: torch.nn.Module, count: int, seed: int = 1234) -> list[di
 
 
 def finding_nonuniform(args, runs_dir: Path, img: Path) -> tuple[str, dict]:
-    from slimmable.evaluate import _macs
+    from slimmable.profile import MacsCounter
 
     ws = SNET_WIDTHS
     data: dict[str, dict[str, list]] = {}
@@ -510,9 +510,9 @@ def finding_nonuniform(args, runs_dir: Path, img: Path) -> tuple[str, dict]:
             train_set, test = datasets(cfg)
             if not maps:
                 maps = random_maps(model, args.maps)
-                size = tuple(train_set[0][0].shape)
-                macs = [int(_macs(model, size, m)) for m in maps]
-                uniform_macs = [int(_macs(model, size, w)) for w in ws]
+                count = MacsCounter(model, tuple(train_set[0][0].shape))
+                macs = [count(m) for m in maps]
+                uniform_macs = [count(w) for w in ws]
             recalibrate(model, cfg, train_set, [*ws, *maps], 2000)
             per["uniform"].append([accuracy(model, test, w) for w in ws])
             per["maps"].append([accuracy(model, test, m) for m in maps])

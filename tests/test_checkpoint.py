@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import slimmable
-from slimmable.checkpoint import load_checkpoint, load_model, save_checkpoint
+from slimmable.checkpoint import load_checkpoint, save_checkpoint
 from slimmable.cli import main
+from slimmable.run import load_model
 
 
 def _payload(model):

@@ -22,9 +22,9 @@ import torch
 from slimmable.calibrate import calibrate
 from slimmable.checkpoint import load_checkpoint
 from slimmable.data import build_datasets
+from slimmable.data.loader import calibration_batches, steps_per_epoch, train_loader
 from slimmable.train import World, build_model, build_optimizer, build_schedule, load_config
 from slimmable.train.engine import cpu_threads, seed_everything
-from slimmable.train.loader import eval_loader, steps_per_epoch, train_loader
 from slimmable.train.losses import cross_entropy, soft_cross_entropy
 from slimmable.train.optim import set_lr
 from slimmable.train.sampling import WidthSampler
@@ -80,10 +80,13 @@ def reference(cfg_path: Path, overrides: list[str]) -> dict[str, torch.Tensor]:
         model, _ = build_model(cfg, info)
         opt = build_optimizer(model, tc)
         worlds = [World(rank=r, world_size=2) for r in range(2)]
-        n_steps = steps_per_epoch(train_set, tc.batch_size, worlds[0])
+        n_steps = steps_per_epoch(train_set, tc.batch_size, 2)
         schedule = build_schedule(tc, n_steps)
         sampler = WidthSampler(model, tc.mode, tc.num_sample_widths, tc.nonuniform, seed=tc.seed)
-        loaders = [train_loader(train_set, tc.batch_size, w, seed=tc.seed, epoch=0) for w in worlds]
+        loaders = [
+            train_loader(train_set, tc.batch_size, seed=tc.seed, epoch=0, rank=w.rank, world_size=2)
+            for w in worlds
+        ]
         model.train()
         for step, shards in enumerate(zip(*loaders, strict=True)):
             set_lr(opt, schedule(step))
@@ -102,10 +105,8 @@ def reference(cfg_path: Path, overrides: list[str]) -> dict[str, torch.Tensor]:
             opt.step()
         out = {k: v.detach() for k, v in model.named_parameters()}
         if tc.mode == "universal":  # all calibration batches in one process, then compare
-            n = cfg.calibrate.images
-            batches = eval_loader(train_set, cfg.calibrate.batch_size, shuffle_seed=tc.seed)
-            xs = [x[: n - i * len(x)] for i, (x, _) in zip(range(5), batches, strict=False)]
-            calibrate(model, xs, [0.25, 1.0])
+            batches = calibration_batches(train_set, cfg.calibrate.images, 64, seed=tc.seed)
+            calibrate(model, batches, [0.25, 1.0])
             out.update({k: v for k, v in model.state_dict().items() if "calib_" in k})
     return out
 
@@ -203,3 +204,48 @@ def test_one_gradient_all_reduce_per_step_however_many_widths(tmp_path):
             assert len(syncs) == step + 1  # one all-reduce for the four widths of this step
     finally:
         dist.destroy_process_group()
+
+
+CALIBRATE_SCRIPT = """
+import sys, torch
+from slimmable import create_model
+from slimmable.data import build_datasets, calibration_batches
+from slimmable.train.distributed import calibrate_sharded, init_world, shutdown
+
+world = init_world(torch.device("cpu"))
+train, _, _ = build_datasets("digits", augment="none")
+for images in (64, 300):
+    torch.manual_seed(0)
+    model = create_model("us_small_cnn", num_classes=10, in_chans=1)
+    batches = calibration_batches(train, images=images, batch_size=64, seed=0)
+    calibrate_sharded(model, batches, [0.25, 0.6, 1.0], world)
+    if world.rank == 0:
+        torch.save(model.state_dict(), f"{sys.argv[1]}/rank0_{images}.pt")
+shutdown(world)
+"""
+
+
+def test_calibration_with_more_ranks_than_batches_equals_one_process(tmp_path):
+    """3 ranks, 1 batch (two ranks get none) and 3 ranks, 5 uneven batches: the statistics
+    one process calibrating on all the batches stores."""
+    from slimmable import calibrate, create_model
+    from slimmable.data import calibration_batches
+
+    script = tmp_path / "calibrate.py"
+    script.write_text(CALIBRATE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3"]
+    run = subprocess.run(
+        [*cmd, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    train, _, _ = build_datasets("digits", augment="none")
+    for images in (64, 300):
+        torch.manual_seed(0)
+        model = create_model("us_small_cnn", num_classes=10, in_chans=1)
+        calibrate(model, calibration_batches(train, images, 64, seed=0), [0.25, 0.6, 1.0])
+        got = torch.load(tmp_path / f"rank0_{images}.pt", weights_only=True)
+        for key, value in model.state_dict().items():
+            if "calib_" in key:
+                torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6)
+        assert got["features.1.calib_batches"].tolist() == [-(-images // 64)] * 3

@@ -7,17 +7,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from slimmable import create_model, evaluate, set_width
-from slimmable.evaluate import _macs, default_widths, format_table, json_report, parse_widths
-
-
-def test_parse_widths_lists_and_grids():
-    assert parse_widths("0.5,0.25,1") == [0.25, 0.5, 1.0]
-    assert parse_widths(["0.25:1.0:0.25", "0.33"]) == [0.25, 0.33, 0.5, 0.75, 1.0]
-    grid = parse_widths("0.25:1.0:0.025")
-    assert len(grid) == 31 and grid[0] == 0.25 and grid[-1] == 1.0
-    for bad in ("a", "1:0:0.1", "0.2:1:0", ""):
-        with pytest.raises(ValueError, match="widths"):
-            parse_widths(bad)
+from slimmable.evaluate import format_table, json_report
+from slimmable.profile import count_macs as _macs
+from slimmable.run import default_widths
 
 
 def test_small_cnn_macs_follow_the_formula():

@@ -16,9 +16,10 @@ import torch
 from test_extract import S_WIDTHS, TinyShuffleNet, build
 
 import slimmable
-from slimmable.checkpoint import load_model, save_checkpoint
+from slimmable.checkpoint import save_checkpoint
 from slimmable.cli import main
 from slimmable.export import export_subnet, load_exported
+from slimmable.run import load_model
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -170,7 +171,7 @@ def test_cli_export_uncalibrated_us_width_says_to_calibrate(tmp_path, capsys):
     [
         (["--width", "0.5", "--out", "x.pt"], ".pt2"),
         (["--width", "0.5", "--out", "x.bin"], "--format"),
-        (["--width", "half", "--out", "x.onnx"], "neither a number"),
+        (["--width", "half", "--out", "x.onnx"], "not a comma-separated list"),
         (["--width", "0.6", "--out", "x.onnx"], "not one of"),
         (["--width", "0.5", "--out", "x.onnx", "--input-size", "a,b"], "--input-size"),
     ],

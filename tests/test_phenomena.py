@@ -15,8 +15,8 @@ import pytest
 
 from slimmable import USBatchNorm2d, evaluate, set_uncalibrated
 from slimmable.data import build_datasets
+from slimmable.data.loader import eval_loader
 from slimmable.train import config_from_dict, train
-from slimmable.train.loader import eval_loader
 
 DEEPER = [[32, 1], [32, 1], [64, 2], [64, 1], [128, 2]]
 

@@ -209,7 +209,7 @@ def test_cli_table(capsys):
     assert lines[0].startswith("s_shufflenet: input 3x224x224")
     assert lines[1].split() == ["width", "MACs", "params"]
     assert [line.split()[0] for line in lines[2:]] == ["1", "0.5", "0.25"]
-    assert lines[2].split()[1] == "523.41M"
+    assert lines[2].split()[1] == "523.4M"
 
 
 def test_cli_nonuniform_map_from_json_and_file(capsys, tmp_path):

@@ -22,11 +22,11 @@ from slimmable.search import (
     count_macs,
     get_channels,
     load_search,
-    parse_macs,
     read_search,
     set_channels,
 )
 from slimmable.search.evaluate import evaluate
+from slimmable.units import parse_macs
 from slimmable.width import width_knobs
 
 
@@ -444,6 +444,7 @@ def us_checkpoint(tmp_path_factory):
     cfg = root / "us.yaml"
     cfg.write_text(
         "model: {name: us_small_cnn, width_range: [0.25, 1.0]}\n"
+        "data: {holdout: 200}\n"
         "train: {mode: universal, epochs: 1, batch_size: 128, progress: false, threads: 1}\n"
         "calibrate: {images: 256}\neval: {widths: [1.0], every: 0}\n"
     )
@@ -452,8 +453,8 @@ def us_checkpoint(tmp_path_factory):
 
 
 def test_search_command_writes_json_for_the_other_tools(us_checkpoint, tmp_path, capsys):
-    from slimmable.checkpoint import load_model
     from slimmable.cli import main
+    from slimmable.run import load_model
 
     out = tmp_path / "search.json"
     args = ["search", str(us_checkpoint), "--targets", "300k,50%", "--batches", "2"]
@@ -478,17 +479,15 @@ def test_search_command_writes_json_for_the_other_tools(us_checkpoint, tmp_path,
 def test_search_result_feeds_eval_extract_and_export(us_checkpoint, tmp_path, capsys):
     import json
 
-    from slimmable.checkpoint import load_model
     from slimmable.cli import main
+    from slimmable.run import load_model
 
     out = tmp_path / "search.json"
     args = ["search", str(us_checkpoint), "--targets", "50%", "--batches", "1"]
     assert main([*args, "--batch-size", "64", "--out", str(out), "--no-progress"]) == 0
     capsys.readouterr()
     # eval: the searched configuration as a nonuniform width, calibrated first
-    assert (
-        main(["eval", str(us_checkpoint), "--widths", "1.0", "--search", str(out), "--json"]) == 0
-    )
+    assert main(["eval", str(us_checkpoint), "--widths", "1.0", str(out), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["widths"]
     assert rows[0]["width"] == 1.0 and rows[1]["width"] is None
     assert rows[1]["width_map"] == load_search(out)
@@ -502,30 +501,25 @@ def test_search_result_feeds_eval_extract_and_export(us_checkpoint, tmp_path, ca
     net = slimmable.extract_subnet(model, widths, input_size=(1, 8, 8))
     with torch.no_grad(), set_width(model.eval(), widths):
         torch.testing.assert_close(net(x), model(x), rtol=0, atol=1e-5)
-    # export accepts the map as a JSON file
+    # export accepts the map as a JSON file, once `slimmable calibrate` stored its statistics
     (tmp_path / "map.json").write_text(json.dumps(widths))
     onnx_out = tmp_path / "net.onnx"
-    assert (
-        main(
-            [
-                "export",
-                str(us_checkpoint),
-                "--width",
-                str(tmp_path / "map.json"),
-                "--out",
-                str(onnx_out),
-            ]
-        )
-        == 2  # the checkpoint holds no statistics for this map: a clear error
-    )
+    export = ["export", str(tmp_path / "run.pt"), "--width", str(tmp_path / "map.json")]
+    (tmp_path / "run.pt").write_bytes(us_checkpoint.read_bytes())
+    assert main([*export, "--out", str(onnx_out)]) == 2  # no statistics for this map yet
     assert "calibrat" in capsys.readouterr().err
+    calibrate_cli = ["calibrate", str(tmp_path / "run.pt"), "--widths", str(tmp_path / "map.json")]
+    assert main([*calibrate_cli, "--images", "64"]) == 0  # what export's error says to run
+    assert main([*calibrate_cli[:3], f"{out}@50%", "--images", "64"]) == 0  # the same map
+    assert main([*export, "--out", str(onnx_out)]) == 0
+    assert "verified" in capsys.readouterr().out
 
 
 def test_search_command_errors_are_one_line(us_checkpoint, tmp_path, capsys):
     from slimmable.cli import main
 
     assert main(["search", str(us_checkpoint), "--targets", "fast"]) == 2
-    assert "cannot read MACs target 'fast'" in capsys.readouterr().err
+    assert "cannot read 'fast' as a count" in capsys.readouterr().err
     assert main(["search", str(us_checkpoint), "--targets", "1k", "--batches", "1"]) == 2
     assert "below the fewest MACs" in capsys.readouterr().err
     assert main(["search", str(tmp_path / "none.pt"), "--targets", "1M"]) == 2

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import slimmable
-from slimmable.data import build_datasets
+from slimmable.data import build_datasets, eval_loader
 from slimmable.data import segmentation as segdata
 from slimmable.data.segmentation import IGNORE_INDEX, SegmentationArrays, digit_canvases
 from slimmable.export import export_subnet, extract_subnet, load_exported, slimmable_leftovers
@@ -19,7 +19,6 @@ from slimmable.segmentation import (
     mean_iou,
     pixel_accuracy,
 )
-from slimmable.train.loader import eval_loader
 
 
 @pytest.fixture(autouse=True, scope="module")

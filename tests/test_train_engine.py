@@ -11,21 +11,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimmable import USBatchNorm2d, USConv2d, create_model, set_width
-from slimmable.checkpoint import load_checkpoint, load_model
+from slimmable.checkpoint import load_checkpoint
 from slimmable.data import build_datasets
+from slimmable.data.loader import EpochSampler, batch_seed, epoch_seed
 from slimmable.layers import SwitchableBatchNorm2d
 from slimmable.models.kit import make_kit
 from slimmable.models.small_cnn import SmallCNN
+from slimmable.run import load_model
 from slimmable.train import (
     Schedule,
     WidthSampler,
+    World,
     config_from_dict,
     param_groups,
     soft_cross_entropy,
     train,
 )
 from slimmable.train.engine import build_model, cpu_threads
-from slimmable.train.loader import EpochSampler, World, batch_seed, epoch_seed
 
 
 def tiny(mode: str = "universal", **sections) -> object:

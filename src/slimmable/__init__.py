@@ -20,7 +20,8 @@ from .layers import (
 )
 from .models import create_model, list_models, register_model
 from .models.official import load_official
-from .profile import profile
+from .profile import count_macs, profile
+from .run import load_model, open_run
 from .search import autoslim, load_search, read_search, set_channels
 from .select import select_width
 from .train import train
@@ -32,6 +33,7 @@ from .width import (
     width_choices,
     width_knobs,
 )
+from .widthspec import parse_widths
 
 __version__ = "0.1.0"
 
@@ -47,16 +49,20 @@ __all__ = [
     "calibrate",
     "calibrated_widths",
     "compile_slimmable",
+    "count_macs",
     "create_model",
     "evaluate",
     "extract_subnet",
     "get_width",
     "is_calibrated",
     "list_models",
+    "load_model",
     "load_official",
     "load_search",
     "make_divisible",
     "measure_latency",
+    "open_run",
+    "parse_widths",
     "profile",
     "read_search",
     "register_model",

@@ -74,6 +74,16 @@ def calibrate(
         model.train(was_training)
     if seen == 0:
         raise ValueError("calibration got no images: the data loader is empty")
+    if not all(
+        torch.isfinite(bn.calib_mean).all() and torch.isfinite(bn.calib_var).all() for bn in norms
+    ):
+        for bn in norms:  # store nothing rather than statistics that are not numbers
+            for key in keys:
+                bn.reset_calibration(key)
+        raise ValueError(
+            "calibration produced NaN or inf statistics: the images hold NaN / inf values "
+            "(or the weights do); check the data"
+        )
     return keys
 
 

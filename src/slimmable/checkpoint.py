@@ -1,4 +1,6 @@
-"""Checkpoints: one file, written atomically, read without unpickling code.
+"""Checkpoint files: written atomically, read without unpickling code.
+
+The model a checkpoint holds is rebuilt by :mod:`slimmable.run` (``load_model``, ``open_run``).
 
 A checkpoint is a dict of tensors and plain Python values (``weights_only=True`` loads it):
 
@@ -17,9 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
-from .models import create_model
 
 FORMAT = "slimmable"
 VERSION = 1
@@ -29,6 +28,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write ``payload`` to ``path`` atomically: a crash leaves the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-write
+        stale.unlink(missing_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **payload}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -62,16 +63,3 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             "slimmable.load_official(model, path)"
         )
     return ckpt
-
-
-def model_from_checkpoint(ckpt: dict) -> nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights (strictly)."""
-    spec = ckpt["model"]
-    model = create_model(spec["name"], **spec.get("kwargs", {}))
-    model.load_state_dict(ckpt["state_dict"])
-    return model
-
-
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """The model stored in the checkpoint at ``path``, in eval mode."""
-    return model_from_checkpoint(load_checkpoint(path, map_location)).eval()

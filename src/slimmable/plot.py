@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+MIN_SPAN = 5.0  # accuracy points the y axis always shows: a 1-point spread stays small
+
 
 def plot_accuracy(
     runs: Mapping[str, Sequence[dict]],
@@ -19,6 +21,8 @@ def plot_accuracy(
     """Write a PNG of ``metric`` (percent) against MACs; ``runs`` maps a label to result rows.
 
     Rows are dicts with ``width``, ``macs`` and the metric, as :func:`slimmable.evaluate` returns.
+    The y axis spans at least :data:`MIN_SPAN` points, so that near-equal accuracies look near
+    equal; width labels that would overlap another label are left out.
     """
     import matplotlib
 
@@ -29,36 +33,58 @@ def plot_accuracy(
         raise ValueError(f"metric must be 'top1' or 'top5', got {metric!r}")
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     try:
-        for label, rows in runs.items():
-            rows = sorted((r for r in rows if "macs" in r), key=lambda r: r["macs"])
-            if not rows:
-                raise ValueError(f"run {label!r} has no MAC counts to plot")
-            x = [r["macs"] / 1e6 for r in rows]
-            y = [100 * r[metric] for r in rows]
-            marker = "o" if len(rows) <= 12 else "."
-            ax.plot(x, y, marker=marker, label=label)
-            if len(rows) <= 12:
-                for r, xi, yi in zip(rows, x, y, strict=True):
-                    ax.annotate(
-                        "map" if r["width"] is None else f"{r['width']:g}",
-                        (xi, yi),
-                        textcoords="offset points",
-                        xytext=(3, -10),
-                        fontsize=7,
-                    )
-        ax.set_xlabel("MACs (millions)")
-        ax.set_ylabel(f"{'top-1' if metric == 'top1' else 'top-5'} accuracy (%)")
-        ax.set_title(title or "accuracy against cost, per width")
-        ax.grid(True, alpha=0.3)
-        if len(runs) > 1:
-            ax.legend()
+        draw_accuracy(ax, runs, metric=metric, title=title)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.tight_layout()
         fig.savefig(path)
     finally:
         plt.close(fig)
     return path
+
+
+def draw_accuracy(
+    ax, runs: Mapping[str, Sequence[dict]], *, metric: str = "top1", title: str | None = None
+) -> list:
+    """Draw the accuracy-against-MACs lines on ``ax``; returns the width labels drawn."""
+    values: list[float] = []
+    labelled: list[tuple[str, tuple[float, float]]] = []
+    for label, rows in runs.items():
+        rows = sorted((r for r in rows if "macs" in r), key=lambda r: r["macs"])
+        if not rows:
+            raise ValueError(f"run {label!r} has no MAC counts to plot")
+        x = [r["macs"] / 1e6 for r in rows]
+        y = [100 * r[metric] for r in rows]
+        values += y
+        ax.plot(x, y, marker="o" if len(rows) <= 12 else ".", label=label)
+        for r, xi, yi in zip(rows, x, y, strict=True):
+            labelled.append(("map" if r["width"] is None else f"{r['width']:g}", (xi, yi)))
+    ax.set_xlabel("MACs (millions)")
+    ax.set_ylabel(f"{'top-1' if metric == 'top1' else 'top-5'} accuracy (%)")
+    ax.set_title(title or "accuracy against cost, per width")
+    ax.grid(True, alpha=0.3)
+    if len(runs) > 1:
+        ax.legend()
+    pad = max(MIN_SPAN - (max(values) - min(values)), 0.0) / 2 + 0.5
+    bottom, top = min(values) - pad, max(values) + pad
+    shift = max(0.0, top - 100.0) - max(0.0, -bottom)  # keep the span inside [0, 100]
+    ax.set_ylim(max(0.0, bottom - shift), min(100.0, top - shift))
+    ax.figure.tight_layout()
+    return _label_points(ax, labelled)
+
+
+def _label_points(ax, points: list) -> list:
+    """Annotate points with their widths, skipping any label that would overlap one drawn."""
+    renderer = ax.figure.canvas.get_renderer()
+    drawn, boxes = [], []
+    for text, xy in points:
+        note = ax.annotate(text, xy, textcoords="offset points", xytext=(3, -10), fontsize=7)
+        box = note.get_window_extent(renderer).expanded(1.05, 1.1)
+        if any(box.overlaps(other) for other in boxes):
+            note.remove()
+            continue
+        drawn.append(note)
+        boxes.append(box)
+    return drawn
 
 
 def load_run(run: str | Path) -> tuple[str, list[dict]]:

@@ -10,6 +10,7 @@ dense sub-network that runs: the weight slices its layers read and that width's 
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .layers.base import WidthMixin
 from .layers.norm import USBatchNorm2d
-from .width import Width, set_width, width_bounds, width_choices
+from .width import Width, get_width, set_width, width_bounds, width_choices
+from .widthspec import WidthSpec, parse_widths
 
 InputSize = int | Sequence[int]
 # A measurement beside MACs and parameters (e.g. latency), taken on the real model at a width.
@@ -165,7 +167,58 @@ def _active_params(module: nn.Module, inputs: tuple) -> int:
     return sum(p.numel() for p in module.parameters(recurse=False))
 
 
-def count(model: nn.Module, x: Tensor, width: Width) -> tuple[int, int]:
+class MacsCounter:
+    """MACs and parameters of ``model`` at any width, for one input of ``input_size``.
+
+    The one counter of the package (``profile``, ``evaluate``, AutoSlim and the trainer use it).
+    It counts on a :func:`meta_copy` taken at construction, so later weight updates do not
+    matter (costs depend on shapes alone) and the model itself never runs; counts are cached
+    per width. Models with operators that lack meta kernels are counted on a zero-weight copy
+    on ``fallback`` instead.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_size: InputSize | None = None,
+        *,
+        device: str | torch.device = "meta",
+        fallback: str | torch.device | None = "cpu",
+    ) -> None:
+        self.input_size = input_shape(model, input_size)
+        self._cache: dict[str, tuple[int, int]] = {}
+        try:
+            self._runner, self._device = meta_copy(model, device), torch.device(device)
+            self._count(get_width(model))
+        except (NotImplementedError, RuntimeError) as err:
+            if fallback is None or torch.device(fallback) == torch.device(device):
+                raise ValueError(f"cannot count MACs of {type(model).__name__} ({err})") from None
+            self._runner, self._device = meta_copy(model, fallback), torch.device(fallback)
+            self._cache.clear()
+
+    def _count(self, width: Width) -> tuple[int, int]:
+        key = json.dumps(sorted(width.items()) if isinstance(width, Mapping) else float(width))
+        hit = self._cache.get(key)
+        if hit is None:
+            x = torch.zeros((1, *self.input_size), device=self._device)
+            hit = self._cache[key] = _count(self._runner, x, width)
+        return hit
+
+    def __call__(self, width: Width) -> int:
+        """MACs of one image at ``width`` (a float or a ``{layer: width}`` map)."""
+        return self._count(width)[0]
+
+    def params(self, width: Width) -> int:
+        """Parameters the network reads at ``width`` (its dense sub-network's)."""
+        return self._count(width)[1]
+
+
+def count_macs(model: nn.Module, input_size: InputSize, width: Width | None = None) -> int:
+    """MACs of one forward of ``model`` on one image, at ``width`` (default: its current one)."""
+    return MacsCounter(model, input_size)(get_width(model) if width is None else width)
+
+
+def _count(model: nn.Module, x: Tensor, width: Width) -> tuple[int, int]:
     """``(MACs, parameters)`` of one forward of ``model`` on ``x`` at ``width``.
 
     MACs are for the whole batch ``x``; ``model`` runs as it is (mode and device untouched), so
@@ -194,29 +247,29 @@ def count(model: nn.Module, x: Tensor, width: Width) -> tuple[int, int]:
 def profile(
     model: nn.Module,
     input_size: InputSize | None = None,
-    widths: Sequence[Width] | None = None,
+    widths: WidthSpec | None = None,
     *,
     device: str | torch.device = "meta",
     measures: Sequence[Measure] = (),
 ) -> Profile:
     """MACs and parameters of ``model`` at each width, for one input of ``input_size``.
 
-    ``widths`` lists uniform widths and/or nonuniform maps ``{layer: width}`` (default: the
-    switches of an S-Net, the bounds and quarter widths of a US-Net). The model itself is not
-    run or changed: a copy on ``device`` is (``"meta"``: shapes only; a real device, with
-    zero weights, for operators that lack meta kernels). Each of ``measures`` is
+    ``widths`` lists uniform widths and/or nonuniform maps ``{layer: width}``, or is a width
+    specification (``"0.25:1:0.025"``, a search result file; see :func:`slimmable.parse_widths`);
+    default: the switches of an S-Net, the bounds and quarter widths of a US-Net. The model
+    itself is not run or changed: a copy on ``device`` is (``"meta"``: shapes only; a real
+    device, with zero weights, for operators that lack meta kernels). Each of ``measures`` is
     called as ``measure(model, width)`` with the real model set to that width, and its entries
     are added to the row (the hook through which measured latency joins the table).
     """
     shape = input_shape(model, input_size)
-    widths = list(default_widths(model) if widths is None else widths)
+    widths = default_widths(model) if widths is None else parse_widths(widths)
     if not widths:
         raise ValueError("profile needs at least one width, e.g. widths=[0.5, 1.0]")
-    runner = meta_copy(model, device)
-    x = torch.zeros((1, *shape), device=device)
+    counter = MacsCounter(model, shape, device=device, fallback=None)
     rows = []
     for width in widths:
-        macs, params = count(runner, x, width)
+        macs, params = counter(width), counter.params(width)
         if isinstance(width, Mapping):
             row = WidthProfile(None, macs, params, {str(k): float(v) for k, v in width.items()})
         else:
@@ -230,10 +283,11 @@ def profile(
 
 
 __all__ = [
+    "MacsCounter",
     "Measure",
     "Profile",
     "WidthProfile",
-    "count",
+    "count_macs",
     "default_widths",
     "input_shape",
     "meta_copy",

@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .evaluate import _macs, format_macs
-from .width import Width, set_width
+from .profile import MacsCounter
+from .units import format_count
+from .width import set_width
+from .widthspec import WidthSpec, parse_widths
 
 
 def confusion_matrix(
@@ -60,7 +62,7 @@ def pixel_accuracy(confusion: Tensor) -> float:
 def evaluate_segmentation(
     model: nn.Module,
     loader: Iterable,
-    widths: Sequence[Width],
+    widths: WidthSpec,
     num_classes: int,
     *,
     ignore_index: int = -100,
@@ -72,10 +74,10 @@ def evaluate_segmentation(
 
     ``loader`` yields ``(images, masks)``; ``model`` returns ``(N, num_classes, H, W)`` logits
     at the masks' size. Rows: ``{"width", "miou", "pixel_acc", "iou", "loss", "macs"}``
-    (``"width": None`` and ``"width_map"`` for a nonuniform map, as :func:`slimmable.evaluate`).
+    (``"width": None`` and ``"width_map"`` for a nonuniform map, as :func:`slimmable.evaluate`);
+    ``widths`` is a list or a specification (see :func:`slimmable.parse_widths`).
     """
-    if not widths:
-        raise ValueError("evaluate_segmentation needs at least one width")
+    widths = parse_widths(widths)
     device = next(model.parameters()).device
     confusions = [torch.zeros(num_classes, num_classes, dtype=torch.long) for _ in widths]
     losses = [0.0 for _ in widths]
@@ -108,6 +110,7 @@ def evaluate_segmentation(
         model.train(was_training)
     if pixels == 0:
         raise ValueError("evaluation got no labelled pixels: the test set is empty")
+    counter = MacsCounter(model, input_size) if macs else None
     rows = []
     for w, confusion, loss in zip(widths, confusions, losses, strict=True):
         row: dict = {"width": None if isinstance(w, Mapping) else float(w)}
@@ -118,9 +121,8 @@ def evaluate_segmentation(
             pixel_acc=pixel_accuracy(confusion),
             iou=iou_per_class(confusion),
         )
-        if macs:
-            assert input_size is not None
-            row["macs"] = int(_macs(model, input_size, w))
+        if counter is not None:
+            row["macs"] = counter(w)
         row["loss"] = loss / pixels
         rows.append(row)
     return rows
@@ -130,7 +132,7 @@ def format_segmentation_table(results: Sequence[dict]) -> str:
     """The per-width results as an aligned text table (percent)."""
     lines = [f"{'width':>7}  {'MACs':>9}  {'mIoU':>7}  {'pixel acc':>9}"]
     for r in results:
-        macs = format_macs(r["macs"]) if "macs" in r else "-"
+        macs = format_count(r["macs"]) if "macs" in r else "-"
         width = "map" if r["width"] is None else f"{r['width']:.3f}"
         lines.append(
             f"{width:>7}  {macs:>9}  {100 * r['miou']:>6.2f}%  {100 * r['pixel_acc']:>8.2f}%"

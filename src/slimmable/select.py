@@ -11,39 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-_UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-_COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)\s*(?:macs?|flops?)?\s*$")
-
-
-def parse_count(value: str | float) -> float:
-    """A count in human units: ``150M``, ``1.2G``, ``300k``, ``5e8``, ``150 MMACs``.
-
-    Suffixes are decimal (k = 1e3, M = 1e6, G = 1e9, T = 1e12), case-insensitive: a MAC count
-    is never in milli-units, so ``m`` means mega.
-    """
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        number = float(value)
-    else:
-        match = _COUNT.match(str(value).lower())
-        if match is None:
-            raise ValueError(f"cannot read {value!r} as a count; write e.g. 150M, 1.2G or 3e8")
-        number = float(match.group(1)) * _UNITS[match.group(2)]
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"a budget must be a positive number, got {value!r}")
-    return number
-
-
-def format_count(value: float) -> str:
-    """``150.2M``-style short form of a count."""
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.4g}{unit}"
-    return f"{value:.4g}"
+from .units import format_count, parse_count
 
 
 def eval_rows(source: Any) -> list[dict]:
@@ -77,11 +49,23 @@ def eval_rows(source: Any) -> list[dict]:
         if all("widths" in r for r in source):  # a history of reports: the latest counts
             return eval_rows(source[-1])
         if all("width" in r for r in source):
-            return [dict(r) for r in source]
+            return [_checked(r) for r in cost_rows(source)]
     raise ValueError(
         'an evaluation table is {"widths": [{"width", "top1", "top5", "macs"}, ...]}; '
         "this one is empty or has another shape"
     )
+
+
+def _checked(row: dict) -> dict:
+    """A row whose accuracies are fractions in [0, 1], as every table of the package has them."""
+    for key in ("top1", "top5"):
+        value = row.get(key)
+        if value is not None and not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
+            raise ValueError(
+                f"width {describe(row['width'])}: {key} {value!r} is not a fraction in [0, 1]; "
+                "accuracies are fractions (0.71 for 71%), as `slimmable eval --json` writes them"
+            )
+    return row
 
 
 def same_width(a: Any, b: Any) -> bool:

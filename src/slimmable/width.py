@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import json
 import math
+import numbers
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from types import TracebackType
@@ -136,6 +137,9 @@ def _resolve(model: nn.Module, width: Width) -> dict[str, float]:
     if not isinstance(width, Mapping):
         w = float(width)
         return {name: m.policy.check(w) for name, m in modules.items() if hasattr(m, "policy")}
+    for key, value in width.items():
+        if not isinstance(value, float):
+            _layer_number(key, value)
     default = float(width.get(DEFAULT_KEY, hi))
     keys = [k for k in width if k != DEFAULT_KEY]
     for key in keys:
@@ -247,6 +251,8 @@ def set_width(model: nn.Module, width: Width) -> WidthSetting:
     raise ``ValueError`` naming what is allowed, before anything changes. Use it plainly, or as
     ``with set_width(model, 0.5): ...`` to restore the previous widths afterwards.
     """
+    if not isinstance(width, float | Mapping):  # not text or True: float() would accept them
+        width = _number(width)
     index = _index(model)
     plan = None if isinstance(width, Mapping) else index.plans.get(float(width))
     if plan is None:
@@ -279,6 +285,22 @@ def set_width(model: nn.Module, width: Width) -> WidthSetting:
             )
         _assign(m, d, w, key, active)
     return WidthSetting(model, previous, index)
+
+
+def _layer_number(key: str, value: object) -> float:
+    try:
+        return _number(value)
+    except ValueError:
+        raise ValueError(f"width map: {key!r} has width {value!r}, not a number") from None
+
+
+def _number(width: object) -> float:
+    if isinstance(width, numbers.Real) and not isinstance(width, bool):
+        return float(width)
+    raise ValueError(
+        f"a width is a number (0.5) or a {{layer: width}} map, not {width!r}; "
+        "read text with slimmable.parse_widths"
+    )
 
 
 def get_width(model: nn.Module) -> Width:

@@ -1,60 +1,57 @@
-"""``slimmable calibrate CKPT --widths ... [--images 2000]``: BN post-statistics, saved back."""
+"""``slimmable calibrate RUN --widths SPEC [--images 2000] [--out FILE]``: BN post-statistics."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from .args import (
+    add_debug_argument,
+    add_progress_argument,
+    add_run_arguments,
+    add_widths_argument,
+    open_run,
+    positive_int,
+    progress_enabled,
+)
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "calibrate",
-        help="compute BN post-statistics of a US checkpoint at given widths",
-        description="Post-statistics BN (cumulative moving average over training images) for "
-        "each width, written back into the checkpoint. Each batch is loaded once and run at "
-        "every width.",
+        help="compute BN post-statistics of a US run at given widths, saved in its checkpoint",
+        description="Post-statistics BN (cumulative moving average over training images, "
+        "without augmentation) for each width, uniform or per-layer (a search result), written "
+        "back into the checkpoint (or --out). Each batch is loaded once and run at every width.",
     )
-    p.add_argument("checkpoint", help="checkpoint.pt written by `slimmable train`")
+    add_run_arguments(p)
+    add_widths_argument(p, default="none: required", required=True)
+    p.add_argument("--images", type=positive_int, help="training images (default: the run's)")
+    p.add_argument("--batch-size", type=positive_int, help="calibration batch size")
     p.add_argument(
-        "--widths", nargs="+", required=True,
-        help="widths: 0.25,0.5,1.0 or a grid lo:hi:step such as 0.25:1.0:0.025",
-    )  # fmt: skip
-    p.add_argument("--images", type=int, help="training images to use (default: the config's)")
-    p.add_argument("--batch-size", type=int, help="calibration batch size")
-    p.add_argument("--data-path", help="where the data set lives (default: the config's)")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+        "--out", metavar="FILE", help="write the calibrated checkpoint here (default: RUN itself)"
+    )
+    add_progress_argument(p)
+    add_debug_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..calibrate import calibrated_widths
-    from ..checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-    from ..data import build_datasets
-    from ..evaluate import parse_widths
-    from ..train.engine import calibrate_model, load_run_config
+    from ..layers import USBatchNorm2d
+    from ..widthspec import parse_widths
 
-    widths = parse_widths(args.widths)
-    ckpt = load_checkpoint(args.checkpoint)
-    cfg = load_run_config(ckpt)
+    widths = parse_widths(args.widths)  # a typo fails before anything loads
+    run_ = open_run(args)
     if args.images is not None:
-        cfg.calibrate.images = args.images
+        run_.config.calibrate.images = args.images
     if args.batch_size is not None:
-        cfg.calibrate.batch_size = args.batch_size
-    if cfg.calibrate.images < 1:
-        raise ValueError("--images must be at least 1")
-    model = model_from_checkpoint(ckpt)
-    train_set, _, _ = build_datasets(
-        cfg.data.name, args.data_path or cfg.data.path, image_size=cfg.data.image_size,
-        augment=cfg.data.augment, seed=cfg.train.seed,
-    )  # fmt: skip
-    calibrate_model(model, train_set, widths, cfg, progress=args.progress)
-    ckpt["state_dict"] = model.state_dict()
-    ckpt["calibrated"] = calibrated_widths(model)
-    save_checkpoint(args.checkpoint, ckpt)
+        run_.config.calibrate.batch_size = args.batch_size
+    run_.calibrate(widths, progress=progress_enabled(args))
+    path = run_.save(args.out)
+    norm = next(m for m in run_.model.modules() if isinstance(m, USBatchNorm2d))
     print(
-        f"calibrated {len(widths)} widths with up to {cfg.calibrate.images} images; "
-        f"{args.checkpoint} now holds {len(ckpt['calibrated'])} calibrated widths",
+        f"calibrated {len(widths)} widths on {run_.calibration_batches().num_images} training "
+        f"images; {path} now holds statistics for {len(norm.calibrated_keys())} widths",
         file=sys.stderr,
     )
     return 0

@@ -1,15 +1,19 @@
-"""``slimmable export CKPT --width W --out PATH``: a stand-alone dense network at one width."""
+"""``slimmable export RUN --width W --out PATH``: a stand-alone dense network at one width."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-from collections.abc import Mapping
+import importlib
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from ..units import format_count
+from .args import add_debug_argument, add_run_arguments, open_run
 
 FORMAT_BY_SUFFIX = {".pt2": "pt", ".ts": "torchscript", ".torchscript": "torchscript"}
 FORMAT_BY_SUFFIX[".onnx"] = "onnx"
+SUFFIX_BY_FORMAT = {"pt": ".pt2", "torchscript": ".ts", "onnx": ".onnx"}
 LOAD_HINT = {
     "pt": "torch.export.load({path!r}).module()",
     "torchscript": "torch.jit.load({path!r})",
@@ -26,12 +30,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "program, load with torch.export.load(PATH).module()), `torchscript` (torch.jit.load) "
         "or `onnx` (onnxruntime). The batch size stays dynamic; the image size is fixed.",
     )
-    p.add_argument("checkpoint", help="checkpoint written by `slimmable train`")
+    add_run_arguments(p, data=False)
     p.add_argument(
         "--width",
         required=True,
-        help="a width (0.5), or a nonuniform map: a JSON file or inline JSON "
-        '{"layer.name": 0.5, "*": 1.0}',
+        help="one width: 0.5, a nonuniform map (a JSON file or inline JSON "
+        '{"layer.name": 0.5, "*": 1.0}), or a search result FILE@TARGET',
     )
     p.add_argument(
         "--format",
@@ -39,6 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="file format (default: from --out's suffix: .pt2, .ts, .onnx)",
     )
     p.add_argument("--out", required=True, help="output file (.pt2 for pt)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--fold-bn", action="store_true", help="fold batch norm into the convs")
     p.add_argument(
         "--input-size",
@@ -49,53 +54,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip loading the written file back and comparing its outputs",
     )
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_debug_argument(p)
     p.set_defaults(func=run)
 
 
-def parse_width(text: str) -> float | dict[str, float]:
-    """A width from the command line: a number, a JSON file or inline JSON.
-
-    JSON may be a number, a ``{layer: width}`` map, or an object whose ``"width"`` entry is one
-    of those (e.g. a record written by a search).
-    """
-    try:
-        value: object = float(text)
-    except ValueError:
-        path = Path(text)
-        if path.is_file():
-            try:
-                value = json.loads(path.read_text())
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} is not valid JSON ({err}); give a width map") from None
-        elif text.lstrip().startswith("{"):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"--width is not valid JSON ({err})") from None
-        else:
-            raise ValueError(
-                f"--width {text!r} is neither a number nor a JSON file; give e.g. --width 0.5 "
-                "or --width map.json"
-            ) from None
-    if isinstance(value, Mapping) and "width" in value:
-        value = value["width"]
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(float(value)):
-            raise ValueError(f"--width must be finite, got {value}")
-        return float(value)
-    if isinstance(value, Mapping) and all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()
-    ):
-        return {str(k): float(v) for k, v in value.items()}
-    raise ValueError('a width map must be a JSON object of numbers, e.g. {"features.3": 0.5}')
-
-
-def parse_input_size(text: str | None, ckpt: Mapping) -> tuple[int, ...] | None:
-    """``--input-size`` (``C,H,W``, ``H,W`` or ``S``), else the checkpoint's ``input_size``."""
+def parse_input_size(
+    text: str | None, default: Sequence[int] | None = None
+) -> tuple[int, ...] | None:
+    """``--input-size`` (``C,H,W``, ``H,W`` or ``S``), else ``default`` (the run's)."""
     if text is None:
-        stored = ckpt.get("input_size")
-        return tuple(int(v) for v in stored) if stored else None
+        return tuple(int(v) for v in default) if default else None
     try:
         sizes = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
     except ValueError:
@@ -109,14 +77,40 @@ def describe_width(width: float | Mapping[str, float]) -> float | dict[str, floa
     return float(width) if not isinstance(width, Mapping) else dict(width)
 
 
+def check_writable(out: Path, overwrite: bool) -> None:
+    """Stop before any work if ``out`` cannot or must not be written."""
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out} exists; give --overwrite to replace it, or another --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write {out}: {err.strerror or err}; pick another --out") from None
+
+
+def require_onnx(verify: bool) -> None:
+    """The onnx extra, or a one-line error that says how to install it."""
+    needed = ["onnx", "onnxscript"] + (["onnxruntime"] if verify else [])
+    for name in needed:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise ValueError(
+                f"--format onnx needs {name}, which is not installed: pip install "
+                "'slimmable[onnx]' (onnx, onnxscript, onnxruntime)"
+            ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..checkpoint import load_checkpoint, model_from_checkpoint
     from ..export import example_input, export_subnet, extract_subnet, load_exported
+    from ..widthspec import parse_width
 
     out = Path(args.out)
-    fmt = args.format or FORMAT_BY_SUFFIX.get(out.suffix)
+    by_suffix = FORMAT_BY_SUFFIX.get(out.suffix)
+    fmt = args.format or by_suffix
     if fmt is None:
         raise ValueError(
             f"cannot tell the format from {out.name!r}; give --format pt|torchscript|onnx "
@@ -127,21 +121,30 @@ def run(args: argparse.Namespace) -> int:
             f"--format pt writes a torch.export archive, which torch.export.load reads only "
             f"from a .pt2 file; use --out {out.with_suffix('.pt2')}"
         )
+    if by_suffix is not None and by_suffix != fmt:
+        raise ValueError(
+            f"--format {fmt} into {out.name!r}, whose suffix says {by_suffix}; name it "
+            f"{out.with_suffix(SUFFIX_BY_FORMAT[fmt]).name} or drop --format"
+        )
+    if fmt == "onnx":
+        require_onnx(verify=not args.no_verify)
+    check_writable(out, args.overwrite)
     width = parse_width(args.width)
-    ckpt = load_checkpoint(args.checkpoint)
-    input_size = parse_input_size(args.input_size, ckpt)
-    model = model_from_checkpoint(ckpt).eval()
-    net = extract_subnet(model, width, fold_bn=args.fold_bn, input_size=input_size)
+    run_ = open_run(args)
+    input_size = parse_input_size(args.input_size, run_.input_size)
+    net = extract_subnet(run_.model, width, fold_bn=args.fold_bn, input_size=input_size)
     metadata = {
-        "model": ckpt["model"]["name"],
+        "model": run_.name,
         "width": describe_width(width),
         "fold_bn": bool(args.fold_bn),
         "input_size": list(example_input(net, input_size).shape[1:]),
-        "checkpoint": Path(args.checkpoint).name,
+        "checkpoint": (run_.path or Path(args.official)).name,
     }
     path = export_subnet(net, out, fmt, input_size=input_size, metadata=metadata)
     params = sum(p.numel() for p in net.parameters())
-    print(f"wrote {path} ({fmt}, {params / 1e6:.3f}M parameters, input {metadata['input_size']})")
+    print(
+        f"wrote {path} ({fmt}, {format_count(params)} parameters, input {metadata['input_size']})"
+    )
     if not args.no_verify:
         x = example_input(net, input_size, batch_size=3)
         with torch.no_grad():

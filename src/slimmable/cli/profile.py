@@ -6,20 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
 from torch import nn
 
-from ..checkpoint import load_checkpoint, model_from_checkpoint
 from ..models import model_factory
 from ..models.official import load_official
 from ..profile import Measure, Profile, profile
-from ..width import Width
-
-WIDTHS_HELP = (
-    "widths to profile: comma-separated (0.25,0.5,1.0), or JSON (a list of widths and "
-    "{layer: width} maps; one map is one nonuniform width), or a .json/.yaml file of the same "
-    "(default: an S-Net's widths; a US-Net's bounds and quarter widths)"
-)
+from ..run import open_run
+from ..units import format_count
+from ..widthspec import parse_widths
+from .args import add_debug_argument, add_widths_argument, positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -29,13 +24,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Print the MACs (multiply-accumulates) and parameters of the dense "
         "sub-network at each width, counted with torch's FlopCounterMode on shapes alone.",
     )
-    parser.add_argument("model", metavar="MODEL", help="a registered model name or a checkpoint")
-    parser.add_argument("--widths", help=WIDTHS_HELP)
     parser.add_argument(
-        "--image-size", type=int, help="input side in pixels (default: the model's, e.g. 224)"
+        "model", metavar="MODEL", help="a registered model name, a checkpoint or a run folder"
+    )
+    add_widths_argument(parser, default="an S-Net's widths; a US-Net's bounds and quarter widths")
+    parser.add_argument(
+        "--image-size", type=positive_int, help="input side in pixels (default: the model's)"
     )
     parser.add_argument(
-        "--num-classes", type=int, help="classes of a registered model (default: its own)"
+        "--num-classes", type=positive_int, help="classes of a registered model (its own)"
     )
     parser.add_argument(
         "--official",
@@ -49,9 +46,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="store_true",
         help="also time a forward at each width on this machine (latency_ms: median of repeats)",
     )
-    latency.add_argument("--batch-size", type=int, default=1, help="batch for --latency (1)")
-    latency.add_argument("--threads", type=int, help="CPU threads for --latency (torch's)")
-    latency.add_argument("--repeats", type=int, default=30, help="timed forwards (30)")
+    latency.add_argument(
+        "--batch-size", type=positive_int, default=1, help="batch for --latency (1)"
+    )
+    latency.add_argument("--threads", type=positive_int, help="CPU threads for --latency")
+    latency.add_argument("--repeats", type=positive_int, default=30, help="timed forwards (30)")
+    add_debug_argument(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -74,65 +74,19 @@ def extra_measures(args: argparse.Namespace) -> list[Measure]:
     return measures
 
 
-def parse_widths(text: str) -> list[Width]:
-    """Widths from ``--widths``: ``0.25,0.5``, JSON, or a .json/.yaml file of them."""
-    text = text.strip()
-    data: object
-    if text.startswith(("{", "[")):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"--widths is not valid JSON ({err.msg}); quote it in the shell"
-            ) from None
-    elif text.endswith((".json", ".yaml", ".yml")) or Path(text).is_file():
-        path = Path(text)
-        if not path.is_file():
-            raise FileNotFoundError(f"--widths file {path} does not exist")
-        data = yaml.safe_load(path.read_text())  # JSON is YAML
-    else:
-        try:
-            data = [float(t) for t in text.split(",") if t.strip()]
-        except ValueError:
-            raise ValueError(
-                f"--widths {text!r} is not a comma-separated list of numbers, e.g. 0.25,0.5,1.0"
-            ) from None
-    items = data if isinstance(data, list) else [data]
-    widths: list[Width] = []
-    for item in items:
-        if isinstance(item, dict) and all(isinstance(v, int | float) for v in item.values()):
-            widths.append({str(k): float(v) for k, v in item.items()})
-        elif isinstance(item, int | float) and not isinstance(item, bool):
-            widths.append(float(item))
-        else:
-            raise ValueError(
-                f"--widths entry {item!r} is neither a width nor a {{layer: width}} map"
-            )
-    if not widths:
-        raise ValueError("--widths lists no width; e.g. --widths 0.25,0.5,1.0")
-    return widths
-
-
-def build_model(args: argparse.Namespace) -> tuple[str, nn.Module]:
-    """``(name, model)`` for MODEL: a checkpoint file, or a registered name (+ ``--official``)."""
-    if Path(args.model).is_file():
+def build_model(args: argparse.Namespace) -> tuple[str, nn.Module, tuple[int, ...] | None]:
+    """``(name, model, input size)`` for MODEL: a run, or a registered name (+ ``--official``)."""
+    if Path(args.model).exists():  # a checkpoint or a run folder
         if args.official:
             raise ValueError("--official loads the authors' weights into a registered model name")
-        ckpt = load_checkpoint(args.model)
-        return str(ckpt["model"]["name"]), model_from_checkpoint(ckpt)
+        run = open_run(args.model)
+        return run.name, run.model, run.input_size
     factory = model_factory(args.model)  # ValueError naming close names
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
     model = factory(**kwargs)
     if args.official:
         load_official(model, args.official)
-    return args.model, model
-
-
-def _si(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:g}"
+    return args.model, model, None
 
 
 def format_table(name: str, result: Profile) -> str:
@@ -143,7 +97,7 @@ def format_table(name: str, result: Profile) -> str:
     rows = []
     for row in result.widths:
         width = "nonuniform" if row.width is None else f"{row.width:g}"
-        cells = [width, _si(row.macs), _si(row.params)]
+        cells = [width, format_count(row.macs), format_count(row.params)]
         cells += [f"{row.extra[k]:.4g}" if k in row.extra else "-" for k in extra]
         rows.append(cells)
     sizes = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -156,9 +110,9 @@ def format_table(name: str, result: Profile) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    name, model = build_model(args)
     widths = None if args.widths is None else parse_widths(args.widths)
-    result = profile(model, args.image_size, widths, measures=extra_measures(args))
+    name, model, size = build_model(args)
+    result = profile(model, args.image_size or size, widths, measures=extra_measures(args))
     if args.json:
         print(json.dumps(result.to_dict(name)))
     else:

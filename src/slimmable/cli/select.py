@@ -1,10 +1,12 @@
-"""``slimmable select CKPT --max-macs 150M | --max-latency-ms 12``: the width to deploy."""
+"""``slimmable select RUN --max-macs 150M | --max-latency-ms 12``: the width to deploy."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+
+from .args import add_debug_argument, add_run_arguments, open_run, positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "measured here, on this machine. CKPT may also be an eval.json when only --max-macs is "
         "given.",
     )
-    p.add_argument("checkpoint", help="checkpoint written by `slimmable train`, or an eval.json")
+    add_run_arguments(p, data=False)
     p.add_argument("--max-macs", metavar="M", help="MACs budget per image: 150M, 1.2G, 3e8")
     p.add_argument(
         "--max-latency-ms", metavar="T", type=float, help="latency budget per batch, measured"
@@ -26,50 +28,46 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--input-size", help="C,H,W or S for latency (default: the checkpoint's, else 224)"
     )
-    p.add_argument("--batch-size", type=int, default=1, help="batch size for latency (1)")
-    p.add_argument("--threads", type=int, help="CPU threads for latency (default: torch's)")
-    p.add_argument("--repeats", type=int, default=30, help="timed forwards per width (30)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="batch for latency (1)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for latency (torch's)")
+    p.add_argument("--repeats", type=positive_int, default=30, help="timed forwards (30)")
     p.add_argument("--json", action="store_true", help="print the choice as JSON")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_debug_argument(p)
     p.set_defaults(func=run)
 
 
-def _accuracy_source(args: argparse.Namespace, ckpt: dict | None) -> object:
+def _accuracy_source(args: argparse.Namespace, run_) -> object:
     if args.eval:
         return args.eval
-    if ckpt is None:
+    if run_ is None:
         return args.checkpoint
-    if ckpt.get("eval"):
-        return ckpt
-    beside = Path(args.checkpoint).parent / "eval.json"
-    if beside.is_file():
+    if run_.checkpoint.get("eval"):
+        return run_.checkpoint
+    beside = None if run_.path is None else run_.path.parent / "eval.json"
+    if beside is not None and beside.is_file():
         return beside
+    where = "the authors' weights" if run_.path is None else str(run_.path)
     raise ValueError(
-        f"{args.checkpoint} holds no evaluation and there is no eval.json beside it; run "
-        "`slimmable eval CKPT` first or give --eval FILE"
+        f"{where}: no evaluation to choose from and no eval.json beside it; run "
+        "`slimmable eval ... --json > eval.json` first and give --eval eval.json"
     )
 
 
-def _percent(value: float) -> float:
-    """Accuracy in percent, whether the table stores fractions (0.71) or percents (71.0)."""
-    return float(value) * (100.0 if float(value) <= 1.0 else 1.0)
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint, model_from_checkpoint
     from ..latency import format_latency_table, measure_latency
     from ..profile import profile
-    from ..select import describe, eval_rows, format_count, select_width
+    from ..select import describe, eval_rows, select_width
+    from ..units import format_count
     from .export import parse_input_size
 
     if args.max_macs is None and args.max_latency_ms is None:
         raise ValueError("give a budget: --max-macs 150M and/or --max-latency-ms 12")
-    is_table = Path(args.checkpoint).suffix == ".json"
-    ckpt = None if is_table else load_checkpoint(args.checkpoint)
-    rows = eval_rows(_accuracy_source(args, ckpt))
-    widths = [r["width"] for r in rows]
-    model = None if ckpt is None else model_from_checkpoint(ckpt).eval()
-    input_size = None if ckpt is None else parse_input_size(args.input_size, ckpt)
+    is_table = args.checkpoint is not None and Path(args.checkpoint).suffix == ".json"
+    run_ = None if is_table else open_run(args)
+    rows = eval_rows(_accuracy_source(args, run_))
+    widths = [r["width"] for r in rows]  # uniform widths and per-layer maps
+    model = None if run_ is None else run_.model
+    input_size = None if run_ is None else parse_input_size(args.input_size, run_.input_size)
     macs = None
     if args.max_macs is not None and any(r.get("macs") is None for r in rows):
         if model is None:
@@ -99,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(choice, indent=2))
         return 0
-    parts = [f"width {describe(choice['width'])}", f"top-1 {_percent(choice['top1']):.2f}%"]
+    parts = [f"width {describe(choice['width'])}", f"top-1 {100 * float(choice['top1']):.2f}%"]
     if choice.get("macs") is not None:
         parts.append(f"{format_count(float(choice['macs']))} MACs")
     if choice.get("latency_ms") is not None:

@@ -29,6 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", help="output folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run OUT holds (default: refuse)"
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=run)
 
@@ -40,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    result = train(cfg, out, resume=args.resume)
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in OUT, --overwrite replaces it: pick one")
+    result = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
     if result.signal is not None:  # preempted: checkpoint written, resume later
         return STOP_EXIT_BASE + result.signal
     if result.main:  # under torchrun only rank 0 prints

@@ -1,5 +1,7 @@
 """Data sets, deterministic loaders and BN-calibration batches, without torchvision.
 
+Loaders: :mod:`slimmable.data.loader` (training, evaluation, calibration, hold-out).
+
 ``build_datasets(name, path)`` returns ``(train_set, test_set, info)``; the sets yield
 ``(float32 CxHxW normalised image, int label)``. Names:
 
@@ -33,7 +35,15 @@ from .arrays import (
 )
 from .base import IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, DataInfo
 from .folder import ImageFolderDataset, load_imagefolder_sets
-from .loader import CalibrationBatches, calibration_batches, eval_view, make_loader
+from .loader import (
+    CalibrationBatches,
+    calibration_batches,
+    eval_loader,
+    eval_view,
+    holdout_split,
+    make_loader,
+    train_loader,
+)
 from .segmentation import (
     IGNORE_INDEX,
     SegmentationArrays,
@@ -146,6 +156,9 @@ __all__ = [
     "build_datasets",
     "calibration_batches",
     "detect_layout",
+    "eval_loader",
     "eval_view",
+    "holdout_split",
     "make_loader",
+    "train_loader",
 ]

@@ -257,7 +257,10 @@ def load_mnist5k_sets(
 # ---------------------------------------------------------------------------- .npz arrays
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-NPZ_HOWTO = "write it with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+NPZ_HOWTO = (
+    "write it with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...) "
+    "(optionally classes=[name, ...])"
+)
 
 
 def detect_layout(shape: Sequence[int]) -> str:
@@ -335,7 +338,7 @@ def load_npz_sets(
                 f" {NPZ_HOWTO}"
             )
         try:
-            arrays = {k: archive[k] for k in NPZ_KEYS}
+            arrays = {k: archive[k] for k in (*NPZ_KEYS, "classes") if k in archive.files}
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
             raise ValueError(f"{file} is damaged ({err}); {NPZ_HOWTO}") from err
     x_train = _images_nchw(arrays["x_train"], layout, f"{file}: x_train")
@@ -362,7 +365,9 @@ def load_npz_sets(
     xt, xv = to_tensor(x_train), to_tensor(x_test)
     if scale == 1.0 and not (torch.isfinite(xt).all() and torch.isfinite(xv).all()):
         raise ValueError(f"{file}: images contain NaN or inf")
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    names = _npz_classes(arrays.get("classes"), file)
+    num_classes = len(names) if names else int(max(y_train.max(), y_test.max())) + 1
+    _check_npz_labels(file, y_train, y_test, num_classes, named=bool(names))
     channels = xt.shape[1]
     return _pair(
         "npz",
@@ -377,7 +382,36 @@ def load_npz_sets(
         flip=(channels == 3) if flip is None else flip,
         image_size=image_size,
         seed=seed,
+        classes=names,
     )
+
+
+def _npz_classes(classes: np.ndarray | None, file: Path) -> list[str]:
+    """The optional ``classes`` array of an npz: one name per class, in label order."""
+    if classes is None:
+        return []
+    if classes.ndim != 1 or len(classes) == 0:
+        raise ValueError(f"{file}: classes must be a 1-d array of class names, one per label")
+    return [str(c) for c in classes.tolist()]
+
+
+def _check_npz_labels(
+    file: Path, y_train: Tensor, y_test: Tensor, num_classes: int, *, named: bool
+) -> None:
+    """Labels are classes: below ``len(classes)``, and every class has training images."""
+    for key, y in (("y_train", y_train), ("y_test", y_test)):
+        if named and int(y.max()) >= num_classes:
+            raise ValueError(
+                f"{file}: {key} has label {int(y.max())}, but classes names {num_classes} "
+                f"classes (labels 0..{num_classes - 1}); fix the label or the classes array"
+            )
+    absent = sorted(set(range(num_classes)) - set(y_train.unique().tolist()))
+    if absent:
+        raise ValueError(
+            f"{file}: no training image has label {absent[0]}, yet the labels run 0.."
+            f"{num_classes - 1}; every class needs training images (a stray label? store the "
+            "class names as classes=[...] in the npz to fix the count)"
+        )
 
 
 def _layout_of(x: np.ndarray) -> str | None:

@@ -275,27 +275,37 @@ def scan_split(
             loose = any(e.is_file() and _is_image(e.name) for e in it)
         hint = " (its images are not sorted into class folders)" if loose else ""
         raise ValueError(f"imagefolder needs {LAYOUT_HELP}; {folder} has no class folders{hint}")
-    if classes is None:
-        classes = found
-    else:
+    if classes is not None:
         unknown = sorted(set(found) - set(classes))
         if unknown:
             raise ValueError(
                 f"imagefolder: {folder} has classes that train lacks "
                 f"({', '.join(unknown[:5])}); both splits need the same class folders"
             )
+    training = classes is None
+    if classes is None:
+        classes = found
     index = {c: i for i, c in enumerate(classes)}
     files: list[str] = []
     labels: list[int] = []
+    empty: list[str] = []
     for cls in found:
         with os.scandir(folder / cls) as it:
             names = sorted(e.name for e in it if _is_image(e.name) and e.is_file())
         files += [f"{cls}/{n}" for n in names]
         labels += [index[cls]] * len(names)
+        if not names:
+            empty.append(cls)
     if not files:
         raise ValueError(
             f"imagefolder needs {LAYOUT_HELP}; {folder} has class folders but no images "
             f"({', '.join(IMAGE_EXTENSIONS)})"
+        )
+    if training and empty:  # a class nothing teaches: its label would never be predicted
+        raise ValueError(
+            f"imagefolder: class folder {folder / empty[0]} has no images"
+            + (f" (nor {len(empty) - 1} more)" if len(empty) > 1 else "")
+            + "; add its images or remove the folder"
         )
     return files, labels, list(classes)
 

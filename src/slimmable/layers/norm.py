@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +141,19 @@ class SwitchableBatchNorm2d(nn.Module):
             bn.eps,
         )
 
+    def merge_statistics(self, reduce: Callable[[Tensor], object]) -> None:
+        """Average the running statistics of every private BN with this layer's copies in other
+        processes (data-parallel ranks). ``reduce(t)`` sums ``t`` in place over the copies
+        (``torch.distributed.all_reduce``); every copy must call it."""
+        stats = [b for bn in self.bn for b in (bn.running_mean, bn.running_var) if b is not None]
+        if not stats:
+            return
+        packed = torch.cat([torch.cat(stats), stats[0].new_ones(1)])
+        reduce(packed)
+        packed = packed[:-1] / packed[-1]
+        for buf, value in zip(stats, packed.split([b.numel() for b in stats]), strict=True):
+            buf.copy_(value)
+
     def to_dense(self, in_channels: int) -> nn.BatchNorm2d:
         """A copy of the private ``nn.BatchNorm2d`` that normalizes ``in_channels`` channels now."""
         return copy.deepcopy(self.bn[self.active_index(in_channels)])
@@ -221,6 +234,37 @@ class USBatchNorm2d(nn.BatchNorm2d):
         self.calib_mean = self.calib_mean[keep]
         self.calib_var = self.calib_var[keep]
         self.calib_batches = self.calib_batches[keep]
+
+    def merge_statistics(
+        self, reduce: Callable[[Tensor], object], keys: Sequence[int] = ()
+    ) -> None:
+        """Combine this layer's statistics with its copies in other processes, exactly.
+
+        ``reduce(t)`` sums ``t`` in place over the copies (``torch.distributed.all_reduce``);
+        every copy must call this with the same ``keys``. The shared running statistics become
+        the copies' mean. The calibrated statistics of each width key in ``keys`` become the
+        mean over all the copies' calibration batches (a copy's weighted by its batch count; a
+        copy that saw no batch of a key adds nothing), which is what one process calibrating on
+        all of those batches stores.
+        """
+        slots = [self._slot(k) for k in keys]
+        slots = [self._new_slot(k) if s is None else s for k, s in zip(keys, slots, strict=True)]
+        parts = [self.running_mean, self.running_var, self.running_mean.new_ones(1)]
+        for slot in slots:
+            count = self.calib_batches[slot : slot + 1].to(self.calib_mean.dtype)
+            parts += [self.calib_mean[slot] * count, self.calib_var[slot] * count, count]
+        packed = torch.cat(parts)
+        reduce(packed)
+        c = self.num_features
+        copies = packed[2 * c]
+        self.running_mean.copy_(packed[:c] / copies)
+        self.running_var.copy_(packed[c : 2 * c] / copies)
+        for i, slot in enumerate(slots):
+            at = 2 * c + 1 + i * (2 * c + 1)
+            count = packed[at + 2 * c]
+            self.calib_mean[slot] = packed[at : at + c] / count.clamp_min(1)
+            self.calib_var[slot] = packed[at + c : at + 2 * c] / count.clamp_min(1)
+            self.calib_batches[slot] = count.round().long()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The number of calibrated widths is data, not architecture: take the checkpoint's.

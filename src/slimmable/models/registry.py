@@ -50,7 +50,12 @@ def create_model(
     the stages ``out_indices`` (default: all), with ``feature_info`` for their channels and
     strides.
     """
-    model = model_factory(name)(num_classes=num_classes, **kwargs)
+    factory = model_factory(name)
+    for key in ("num_classes", "in_chans"):
+        value = num_classes if key == "num_classes" else kwargs.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a whole number of at least 1, got {value!r}")
+    model = factory(num_classes=num_classes, **kwargs)
     if not features_only:
         if out_indices is not None:
             raise ValueError("out_indices selects feature stages: pass features_only=True too")

@@ -1,5 +1,6 @@
 """AutoSlim: one-shot search for the number of channels of every layer of a slimmable network."""
 
+from ..profile import MacsCounter, count_macs
 from .autoslim import METRICS, autoslim
 from .channels import (
     ChannelGroup,
@@ -10,15 +11,7 @@ from .channels import (
     set_channels,
 )
 from .evaluate import batch_statistics
-from .macs import MacsCounter, count_macs
-from .result import (
-    SearchResult,
-    TargetResult,
-    format_macs,
-    load_search,
-    parse_macs,
-    read_search,
-)
+from .result import SearchResult, TargetResult, load_search, read_search
 
 __all__ = [
     "METRICS",
@@ -32,10 +25,8 @@ __all__ = [
     "channel_groups",
     "channels_to_width",
     "count_macs",
-    "format_macs",
     "get_channels",
     "load_search",
-    "parse_macs",
     "read_search",
     "set_channels",
 ]

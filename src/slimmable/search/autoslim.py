@@ -18,11 +18,12 @@ from typing import Any
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..profile import MacsCounter
+from ..units import format_count, parse_macs
 from ..width import set_width, width_knobs
 from .channels import ChannelGroup, channel_groups, channels_to_width
 from .evaluate import batch_statistics, evaluate, held_out_batches
-from .macs import MacsCounter
-from .result import SearchResult, TargetResult, format_macs, parse_macs
+from .result import SearchResult, TargetResult
 
 METRICS = ("accuracy", "loss")
 
@@ -128,7 +129,7 @@ def autoslim(
     if too_low:
         raise ValueError(
             f"target {too_low[0]} is below the fewest MACs this model reaches, "
-            f"{format_macs(min_macs)} (every layer at its smallest width); raise the target"
+            f"{format_count(min_macs)} (every layer at its smallest width); raise the target"
         )
     knobs = width_knobs(model)
     divisor = math.gcd(*(m.divisor for m in knobs.values()))
@@ -180,7 +181,7 @@ def autoslim(
                 acc, loss = best.acc, best.loss
                 bar.update(macs - best.macs)
                 macs = best.macs
-                bar.set_postfix_str(f"MACs {format_macs(macs)} acc {acc:.2%}")
+                bar.set_postfix_str(f"MACs {format_count(macs)} acc {acc:.2%}")
                 group = groups[best.group]
                 trace.append(
                     {"step": step, "layers": list(group.layers)}

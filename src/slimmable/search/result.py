@@ -13,56 +13,23 @@ real one)::
                   "width_map": {layer: float}, "val_accuracy": float, "val_loss": float,
                   "step": int}, ...],
      "trace": [{"step": 0, "layers": [], "channels": {layer: int}, "macs": int, ...},
-               {"step": 1, "layers": [layer, ...], "channels": int, "macs": int, ...}, ...]}
+               {"step": 1, "layers": [layer, ...], "channels": int, "macs": int, ...}, ...],
+     "scored_on": {"split": "holdout", "images": int, "seed": int}}
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..units import format_count, parse_macs
+
 FORMAT = "slimmable-search"
 VERSION = 1
-
-_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-_MACS_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGtT%]?)\s*$")
-
-
-def parse_macs(text: str | int | float, full_macs: int | None = None) -> int:
-    """MACs from ``150M``, ``1.2G``, ``300k``, ``150000000`` or ``50%`` (of ``full_macs``)."""
-    if isinstance(text, bool):
-        raise ValueError(f"not a MACs target: {text!r}")
-    if isinstance(text, int | float):
-        value, unit = float(text), ""
-    else:
-        match = _MACS_RE.match(str(text))
-        if match is None:
-            raise ValueError(
-                f"cannot read MACs target {text!r}; write e.g. 150M, 1.2G, 300k or 50%"
-            )
-        value, unit = float(match.group(1)), match.group(2).upper()
-    if unit == "%":
-        if full_macs is None:
-            raise ValueError(f"target {text!r} is relative; it needs the full model's MACs")
-        macs = round(full_macs * value / 100)
-    else:
-        macs = round(value * _UNITS[unit])
-    if macs <= 0:
-        raise ValueError(f"MACs target {text!r} must be positive")
-    return macs
-
-
-def format_macs(macs: float) -> str:
-    """``152.3M``-style MACs, as the papers write them."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(macs) >= scale:
-            return f"{macs / scale:.4g}{unit}"
-    return f"{macs:.0f}"
 
 
 @dataclass
@@ -95,6 +62,7 @@ class SearchResult:
     groups: list[list[str]]
     results: list[TargetResult]
     trace: list[dict[str, Any]] = field(default_factory=list)
+    scored_on: dict[str, Any] = field(default_factory=dict)  # which images scored the trials
 
     def result(self, target: str | int | float | None = None) -> TargetResult:
         """The result for ``target`` (as given to the search, or as MACs); the only one if None."""
@@ -114,7 +82,7 @@ class SearchResult:
         raise ValueError(f"this search has no result for target {target}; it has {self._targets()}")
 
     def _targets(self) -> str:
-        return ", ".join(f"{r.target} ({format_macs(r.macs)} MACs)" for r in self.results)
+        return ", ".join(f"{r.target} ({format_count(r.macs)} MACs)" for r in self.results)
 
     def width_map(self, target: str | int | float | None = None) -> dict[str, float]:
         """``{layer: width}`` of a target's configuration, for ``set_width`` and friends."""

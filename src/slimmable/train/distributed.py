@@ -15,7 +15,9 @@ small functions that are no-ops in a single process:
 - :func:`calibrate_sharded` lets each rank calibrate on its share of the calibration batches
   and then combines the per-width cumulative moving averages exactly (they are means over
   batches: weight each rank's by its batch count), which equals one process calibrating on
-  all of those batches.
+  all of those batches, however many ranks and batches there are (a rank may get none).
+- :func:`merge_bn_statistics` combines BN statistics over ranks through the BN layers' own
+  ``merge_statistics`` methods.
 - :func:`reduce_eval` sums hits and losses over the ranks' shards of the test set.
 - :class:`StopSignal` turns SIGTERM/SIGINT into a flag the loop checks after each step; all
   ranks agree on it (an all-reduce of one integer) so they stop at the same step.
@@ -28,6 +30,7 @@ import os
 import signal
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from types import FrameType
 
 import torch
@@ -38,12 +41,27 @@ from torch.utils.data import Dataset, Subset
 
 from ..calibrate import calibrate
 from ..compile import CompiledSlimmable
+from ..data.loader import CalibrationBatches
 from ..layers import SwitchableBatchNorm2d, USBatchNorm2d
-from .loader import World, eval_loader
+from ..width import Width, network_key
 
 # Exit status of a run stopped by a signal: 128 + signal number, as a shell reports a process
 # killed by it (SIGTERM: 143, SIGINT: 130); job scripts requeue on it and resume.
 STOP_EXIT_BASE = 128
+
+
+@dataclass
+class World:
+    """Where this process sits in a data-parallel job; one process by default."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")  # noqa: RUF009 (immutable default)
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process logs, plots and writes files."""
+        return self.rank == 0
 
 
 def is_distributed(world: World) -> bool:
@@ -118,12 +136,25 @@ def width_sync(net: nn.Module, last: bool) -> AbstractContextManager:
     return nullcontext() if last or ddp is None else ddp.no_sync()
 
 
-def average_buffers(model: nn.Module, world: World) -> None:
-    """Average BN running statistics over ranks (before evaluating or saving)."""
+def merge_bn_statistics(model: nn.Module, world: World, calibrated: Sequence[int] = ()) -> None:
+    """Combine every BN layer's statistics over the ranks (before evaluating or saving).
+
+    Running statistics become the ranks' mean; the calibrated statistics of the width keys
+    ``calibrated`` the mean over all ranks' calibration batches. Each BN layer does it with
+    its own ``merge_statistics``; plain torch BN layers average their running statistics.
+    """
     if not is_distributed(world):
         return
+    handled: set[int] = set()
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+        if isinstance(m, SwitchableBatchNorm2d):
+            m.merge_statistics(dist.all_reduce)
+            handled.update(id(bn) for bn in m.bn)
+        elif isinstance(m, USBatchNorm2d):
+            m.merge_statistics(dist.all_reduce, calibrated)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            if id(m) in handled:  # a private BN of a switchable one: merged above
+                continue
             for buf in (m.running_mean, m.running_var):
                 dist.all_reduce(buf)
                 buf.div_(world.world_size)
@@ -139,47 +170,27 @@ def any_rank(flag: bool, world: World) -> bool:
 
 
 def calibrate_sharded(
-    model: nn.Module,
-    dataset: Dataset,
-    widths: Sequence[float],
-    world: World,
-    *,
-    batch_size: int,
-    images: int,
-    seed: int,
-    workers: int = 0,
+    model: nn.Module, batches: CalibrationBatches, widths: Sequence[Width], world: World
 ) -> None:
-    """Calibrate ``widths`` on ``images`` shuffled images split between the ranks.
+    """Calibrate ``widths`` on ``batches`` split between the ranks: the statistics one process
+    calibrating on all of them stores, whatever the number of ranks and batches.
 
-    Rank ``r`` takes batches ``r, r + N, ...`` of one shuffled loader; the per-width CMA
-    statistics (means of per-batch mean and variance) are combined weighted by batch counts.
+    Rank ``r`` calibrates batches ``r, r + N, ...``; a rank past the last batch calibrates
+    none. The per-width cumulative averages are then combined weighted by batch counts.
     """
-    loader = eval_loader(dataset, batch_size, workers=workers, shuffle_seed=seed)
-    n_batches = -(-images // batch_size)
-
-    def mine() -> Iterator[Tensor]:
-        for i, (x, _) in enumerate(loader):
-            if i >= n_batches:
-                return
-            if i % world.world_size == world.rank:
-                yield x[: images - i * batch_size]  # the last batch as one process cuts it
-
-    keys = calibrate(model, mine(), widths, max_images=None)
     if not is_distributed(world):
+        calibrate(model, batches, widths)
         return
+    keys = [network_key(model, w) for w in widths]
+    mine = batches.shard(world.rank, world.world_size)
+    if len(mine):
+        calibrate(model, mine, widths)
+    else:  # no batch here: forget stale statistics, so this rank adds nothing
+        for bn in (m for m in model.modules() if isinstance(m, USBatchNorm2d)):
+            for key in keys:
+                bn.reset_calibration(key)
     for bn in (m for m in model.modules() if isinstance(m, USBatchNorm2d)):
-        for key in keys:
-            hit = (bn.calib_keys == key).nonzero()
-            # a rank that got no batch has no slot yet: a new one adds nothing (count 0)
-            slot = bn._new_slot(key) if len(hit) == 0 else int(hit[0, 0])
-            count = bn.calib_batches[slot : slot + 1].to(bn.calib_mean.dtype)
-            packed = torch.cat([bn.calib_mean[slot] * count, bn.calib_var[slot] * count, count])
-            dist.all_reduce(packed)
-            total = packed[-1].clamp_min(1)
-            c = bn.num_features
-            bn.calib_mean[slot] = packed[:c] / total
-            bn.calib_var[slot] = packed[c : 2 * c] / total
-            bn.calib_batches[slot] = packed[-1].long()
+        bn.merge_statistics(dist.all_reduce, keys)
 
 
 def eval_shard(dataset: Dataset, world: World) -> Dataset:
@@ -214,11 +225,21 @@ def reduce_eval(results: list[dict], seen: int, world: World) -> list[dict]:
     ]
 
 
+class Stopped(Exception):
+    """Raised inside :meth:`StopSignal.raising` when SIGTERM / SIGINT arrives."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
 class StopSignal:
     """Catch SIGTERM and SIGINT inside the block: set :attr:`signum` instead of dying.
 
     The loop finishes the current step, writes a checkpoint and returns; a second signal of
-    the same kind falls through to the previous handler (a hard stop).
+    the same kind falls through to the previous handler (a hard stop). Inside
+    :meth:`raising` (calibration and evaluation, which have no steps to finish) a signal
+    raises :class:`Stopped` at once.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -226,14 +247,29 @@ class StopSignal:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
+        self._raising = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is not None:  # asked twice: stop now
+        if self.signum is not None and not self._raising:  # asked twice: stop now
             previous = self._previous.get(signum)
             signal.signal(signum, previous if callable(previous) else signal.SIG_DFL)  # type: ignore[arg-type]
             signal.raise_signal(signum)
             return
         self.signum = signum
+        if self._raising:
+            self._raising = False  # once: the handler of the Stopped may take its time
+            raise Stopped(signum)
+
+    @contextmanager
+    def raising(self) -> Iterator[None]:
+        """A signal inside the block (or one that came before) raises :class:`Stopped`."""
+        if self.signum is not None:
+            raise Stopped(self.signum)
+        self._raising = True
+        try:
+            yield
+        finally:
+            self._raising = False
 
     @contextmanager
     def installed(self) -> Iterator[StopSignal]:

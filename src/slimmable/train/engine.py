@@ -1,9 +1,11 @@
 """The training loop: one network, many widths, one optimizer step per batch.
 
-Read :func:`train` top to bottom: data, the widths of this step, forward / loss / backward at
-each width (gradients accumulate), one step, log, checkpoint. Device placement, the backward,
-the sampler and rank-0 output each sit in one small spot (see :class:`World`), where a
-data-parallel launcher slots in.
+Read :func:`run_training` top to bottom: set-up, then for every batch the widths of this step,
+forward / loss / backward at each width (gradients accumulate), one optimizer step, the log;
+at each epoch's end the evaluation (US-Nets: calibrated first), the metrics and the checkpoint.
+What is built once sits in a :class:`Setup`; everything the loop changes, besides weights and
+optimizer, sits in one :class:`TrainState`, which the checkpoint saves. Talking to other ranks
+happens in :mod:`.distributed` through small calls that do nothing in a single process.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import math
 import random
 import signal
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,23 +26,26 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from ..calibrate import calibrate, calibrated_widths
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..compile import compile_slimmable
-from ..data import DataInfo, build_datasets
-from ..evaluate import _macs, default_widths, evaluate, format_table
+from ..config import Config, as_config, save_config
+from ..data import DataInfo
+from ..data.loader import eval_loader, steps_per_epoch, train_loader
+from ..evaluate import evaluate, format_table
 from ..models import create_model, list_models, model_factory
-from ..width import network_key, set_width, width_choices
+from ..profile import MacsCounter
+from ..run import CHECKPOINT, RunData, calibration_data, eval_widths, run_datasets
+from ..width import Width, set_width, width_choices
 from . import distributed as ddp
-from .config import Config, config_from_dict, save_config
-from .loader import World, eval_loader, steps_per_epoch, train_loader
+from .distributed import World
+from .incremental import IncrementalStages
 from .losses import cross_entropy, soft_cross_entropy
-from .optim import build_optimizer, build_schedule, set_lr
+from .optim import Schedule, build_optimizer, build_schedule, set_lr
 from .sampling import WidthSampler
 
-CHECKPOINT = "checkpoint.pt"
 PLOT = "accuracy_vs_macs.png"
 # Keys a resumed run may change: where and how fast it runs, not what it computes (a
 # different device or thread count may change the float rounding, not the recipe).
@@ -71,6 +77,16 @@ class TrainResult:
 def resolve_model_name(name: str, mode: str) -> str:
     """A registered name, or a family (``small_cnn``) completed to ``us_``/``s_`` by the mode."""
     known = list_models()
+    universal = mode == "universal"
+    kind, other = ("us_", "s_") if universal else ("s_", "us_")
+    if name in known and name.startswith(other):
+        family = name[len(other) :]
+        what = "a universally slimmable network" if universal else "an S-Net (model.widths)"
+        raise ValueError(
+            f"train.mode={mode} trains {what}, but {name} is "
+            f"{'an S-Net' if universal else 'universally slimmable'}: set model.name to the "
+            f"family name {family} (it becomes {kind}{family}), or change train.mode"
+        )
     if name in known:
         return name
     prefix = "us_" if mode == "universal" else "s_"
@@ -125,19 +141,6 @@ def pick_device(spec: str) -> torch.device:
     return device
 
 
-def eval_widths(cfg: Config, model: nn.Module) -> list[float]:
-    """``eval.widths``, else the S-Net's switches or 8 widths spread over the US range."""
-    if not cfg.eval.widths:
-        return default_widths(model)
-    widths = sorted({float(w) for w in cfg.eval.widths})
-    for w in widths:
-        try:
-            network_key(model, w)  # validates against the model's widths
-        except ValueError as err:
-            raise ValueError(f"eval.widths: {err}") from None
-    return widths
-
-
 def seed_everything(seed: int) -> None:
     """Seed torch, numpy and python: model init and any augmentation follow ``train.seed``."""
     random.seed(seed)
@@ -175,6 +178,204 @@ def _config_diff(a: Mapping, b: Mapping, prefix: str = "") -> list[str]:
         elif va != vb:
             keys.append(f"{prefix}{k}")
     return keys
+
+
+@dataclass
+class Setup:
+    """What a run is built from, once: data, model, optimizer, schedule, widths, evaluation."""
+
+    cfg: Config
+    world: World
+    data: RunData
+    model: nn.Module  # widths are set, and calibration / evaluation / checkpoints run, on it
+    net: nn.Module  # what the steps run: ``model``, in DDP and/or compiled
+    spec: dict[str, Any]  # how to rebuild the model (the checkpoint's "model" entry)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedule: Schedule
+    sampler: WidthSampler
+    steps_per_epoch: int
+    epochs: int  # in all (incremental: train.epochs per width)
+    total_steps: int
+    incremental: IncrementalStages | None  # train.mode=incremental: one width per stage
+    input_size: tuple[int, ...]
+    eval_widths: list[Width]
+    macs: dict[float, int]  # of each eval width
+    test: Any  # this rank's loader of the test set
+    test_size: int  # images in this rank's share of the test set
+
+
+def build(cfg: Config, world: World) -> Setup:
+    """Seed, then build the data sets, the model and everything that trains it."""
+    tc = cfg.train
+    seed_everything(tc.seed)
+    data = run_datasets(cfg)
+    model, spec = build_model(cfg, data.info)
+    check_labels(data, spec["kwargs"]["num_classes"])
+    model.to(world.device)
+    if tc.channels_last:
+        model.to(memory_format=torch.channels_last)
+    n_steps = steps_per_epoch(data.train, tc.batch_size, world.world_size)
+    widths = eval_widths(cfg, model)
+    input_size = tuple(data.train[0][0].shape)
+    count = MacsCounter(model, input_size)
+    test_shard = ddp.eval_shard(data.test, world)  # each rank evaluates its share
+    stages = None
+    if tc.mode == "incremental":
+        stages = IncrementalStages(model, width_choices(model) or (), tc.epochs * n_steps)
+    total = stages.total_steps if stages is not None else tc.epochs * n_steps
+    net = ddp.wrap(model, world)  # DDP: one gradient all-reduce per step
+    if tc.compile:  # one graph for all widths of a US-Net (one per switch of an S-Net)
+        net = compile_slimmable(net)
+    return Setup(
+        cfg=cfg,
+        world=world,
+        data=data,
+        model=model,
+        net=net,
+        spec=spec,
+        optimizer=build_optimizer(model, tc),
+        scaler=torch.amp.GradScaler(world.device.type, enabled=tc.amp == "fp16"),
+        schedule=build_schedule(tc, n_steps),
+        sampler=WidthSampler(model, tc.mode, tc.num_sample_widths, tc.nonuniform, seed=tc.seed),
+        steps_per_epoch=n_steps,
+        epochs=total // n_steps,
+        total_steps=total,
+        incremental=stages,
+        input_size=input_size,
+        eval_widths=widths,
+        macs={w: count(w) for w in widths},
+        test=eval_loader(test_shard, cfg.eval.batch_size, workers=cfg.data.workers),
+        test_size=len(test_shard),  # type: ignore[arg-type]
+    )
+
+
+def check_labels(data: RunData, num_classes: int) -> None:
+    """Every label of the training and test sets is a class of the model."""
+    for name, dataset in (("training", data.train), ("test", data.test)):
+        while isinstance(dataset, Subset):
+            dataset = dataset.dataset
+        labels = getattr(dataset, "labels", None)
+        if labels is None or len(labels) == 0:
+            continue
+        low, high = int(min(labels)), int(max(labels))
+        if low < 0 or high >= num_classes:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"the {name} set has label {bad}, but the model has {num_classes} classes "
+                f"(labels 0..{num_classes - 1}); fix the labels or set model.num_classes"
+            )
+
+
+RUN_FILES = (CHECKPOINT, "config.yaml", "metrics.jsonl", "eval.json", PLOT)
+
+
+def refuse_existing_run(out_dir: Path, overwrite: bool, world: World) -> None:
+    """Stop before writing into a folder that holds a run, unless told to overwrite it."""
+    held = [name for name in (CHECKPOINT, "metrics.jsonl") if (out_dir / name).exists()]
+    if ddp.any_rank(bool(held) and not overwrite, world):
+        raise ValueError(
+            f"{out_dir} holds a run ({', '.join(held) or 'on another rank'}); continue it with "
+            "--resume, replace it with --overwrite, or give another --out"
+        )
+    if held and world.is_main:  # --overwrite: the old run's files go, none is left stale
+        for name in RUN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+
+
+# ---- the state the loop changes, and its checkpoint ------------------------------------------
+@dataclass
+class TrainState:
+    """Everything the loop changes besides weights and optimizer; saved in the checkpoint."""
+
+    step: int = 0  # optimizer steps taken
+    metrics: list[dict] = field(default_factory=list)  # a row per finished epoch
+    epoch_loss: dict[str, list[float]] = field(default_factory=dict)  # width -> [sum, count]
+    results: list[dict] = field(default_factory=list)  # the latest per-width evaluation
+    results_step: int = -1  # the step ``results`` were evaluated at
+
+    def add_losses(self, labels: list[str], values: list[float]) -> None:
+        for key, value in zip(labels, values, strict=True):
+            acc = self.epoch_loss.setdefault(key, [0.0, 0])
+            acc[0] += value
+            acc[1] += 1
+
+
+def restore(s: Setup, path: Path) -> TrainState:
+    """Load ``path`` into the set-up (weights, optimizer, RNGs) and return its state."""
+    ckpt = load_checkpoint(path)  # on the CPU: RNG states must stay there
+    changed = [k for k in _config_diff(ckpt["config"], s.cfg.to_dict()) if k not in RESUME_FREE]
+    if changed:
+        raise ValueError(
+            f"the config differs from the checkpoint's in {', '.join(changed)}; resume with "
+            f"the run's own config ({path.parent / 'config.yaml'})"
+        )
+    s.model.load_state_dict(ckpt["state_dict"])
+    s.optimizer.load_state_dict(ckpt["optimizer"])
+    s.sampler.load_state_dict(ckpt["rng"]["widths"])
+    set_rng_state(ckpt["rng"])
+    if "scaler" in ckpt:
+        s.scaler.load_state_dict(ckpt["scaler"])
+    results = list(ckpt.get("eval") or [])
+    return TrainState(
+        step=ckpt["step"],
+        metrics=list(ckpt["metrics"]),
+        epoch_loss={k: list(v) for k, v in ckpt["epoch_loss"].items()},
+        results=results,
+        results_step=ckpt.get("eval_step", ckpt["step"] if results else -1),
+    )
+
+
+def save(s: Setup, state: TrainState, path: Path) -> None:
+    """Write the checkpoint (rank 0 only): weights, optimizer, RNGs, the state, the run."""
+    if not s.world.is_main:
+        return
+    from ..calibrate import calibrated_widths
+
+    epoch, batch = divmod(state.step, s.steps_per_epoch)
+    save_checkpoint(
+        path,
+        {
+            "model": s.spec,
+            "state_dict": s.model.state_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "schedule": dataclasses.asdict(s.schedule),
+            "step": state.step,
+            "epoch": epoch,
+            "rng": {
+                **rng_state(),
+                "widths": s.sampler.state_dict(),
+                "loader": {"seed": s.cfg.train.seed, "epoch": epoch, "batch": batch},
+            },
+            "epoch_loss": state.epoch_loss,
+            "config": s.cfg.to_dict(),
+            "data": dataclasses.asdict(s.data.info),
+            "holdout": torch.tensor(s.data.holdout_indices, dtype=torch.long),
+            "input_size": list(s.input_size),
+            "calibrated": calibrated_widths(s.model),
+            "metrics": state.metrics,
+            "eval": state.results,
+            "eval_step": state.results_step,
+            "finished": state.step == s.total_steps and state.results_step == state.step,
+            **({"scaler": s.scaler.state_dict()} if s.scaler.is_enabled() else {}),
+        },
+    )
+
+
+def evaluate_widths(s: Setup, log: RunLog) -> list[dict]:
+    """Every eval width on the test set (US-Nets: calibrated first), metrics of all ranks."""
+    ddp.merge_bn_statistics(s.model, s.world)  # BN running statistics: the ranks' mean
+    if s.cfg.train.mode == "universal":
+        batches = calibration_data(s.cfg, s.data.train)
+        log.note(f"calibrating {len(s.eval_widths)} widths on {batches.num_images} images")
+        try:
+            ddp.calibrate_sharded(s.model, batches, s.eval_widths, s.world)
+        except ddp.Stopped:  # half-calibrated statistics must not be saved as if complete
+            forget_calibration(s.model, s.eval_widths)
+            raise
+    rows = evaluate(s.model, s.test, s.eval_widths, macs=False)
+    rows = ddp.reduce_eval(rows, s.test_size, s.world)
+    return [{**r, "macs": s.macs[r["width"]]} for r in rows]
 
 
 # ---- logging (rank 0 only) -------------------------------------------------------------------
@@ -217,6 +418,15 @@ class RunLog:
                 + (f" | top-1 {accs}" if accs else "")
             )
 
+    def message(self, text: str) -> None:
+        if self.active:
+            tqdm.write(text, file=sys.stderr)
+
+    def note(self, text: str) -> None:
+        """A progress line, when progress is shown."""
+        if self.verbose:
+            tqdm.write(text, file=sys.stderr)
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
@@ -240,31 +450,6 @@ def autocast(amp: str, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def calibrate_model(
-    model: nn.Module,
-    dataset,
-    widths: list[float],
-    cfg: Config,
-    *,
-    progress: bool = False,
-    world: World | None = None,
-) -> None:
-    """BN post-statistics of ``widths`` from ``calibrate.images`` shuffled training images.
-
-    With several ranks each calibrates its share of the batches and the statistics are
-    combined exactly (see :func:`.distributed.calibrate_sharded`).
-    """
-    batch = cfg.calibrate.batch_size or cfg.train.batch_size
-    if world is not None and world.world_size > 1:
-        ddp.calibrate_sharded(
-            model, dataset, widths, world, batch_size=batch, images=cfg.calibrate.images,
-            seed=cfg.train.seed, workers=cfg.data.workers,
-        )  # fmt: skip
-        return
-    loader = eval_loader(dataset, batch, workers=cfg.data.workers, shuffle_seed=cfg.train.seed)
-    calibrate(model, loader, widths, max_images=cfg.calibrate.images, progress=progress)
-
-
 @contextmanager
 def cpu_threads(threads: int | None) -> Iterator[None]:
     """Use ``threads`` intra-op CPU threads inside the block (``None``: leave them alone).
@@ -284,28 +469,34 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
 
 
 def train(
-    config: Config,
+    config: Config | Mapping[str, Any] | str | Path,
     out_dir: str | Path,
     resume: bool = False,
     *,
+    overwrite: bool = False,
     stop_after_steps: int | None = None,
     world: World | None = None,
 ) -> TrainResult:
     """Train ``config``'s model, evaluate it per width, and write the run to ``out_dir``.
 
+    ``config`` is a :class:`~slimmable.config.Config`, nested dicts (``{"model": {"name":
+    "small_cnn"}, "train": {"epochs": 5}}``, defaults for the rest) or a YAML file's path.
     ``out_dir`` receives ``checkpoint.pt`` (after every epoch), ``config.yaml``,
-    ``metrics.jsonl``, ``eval.json`` and the accuracy-against-MACs plot. ``resume`` continues
-    from ``out_dir/checkpoint.pt`` and ends bitwise equal (on CPU) to a run never stopped.
-    ``stop_after_steps`` stops after that many optimizer steps (as an interruption would),
-    leaving a checkpoint to resume.
+    ``metrics.jsonl``, ``eval.json`` and the accuracy-against-MACs plot; a folder that holds a
+    run is refused unless ``resume`` (continue it: ends bitwise equal, on CPU, to a run never
+    stopped) or ``overwrite`` (replace it). ``stop_after_steps`` stops after that many
+    optimizer steps (as an interruption would), leaving a checkpoint to resume.
     """
+    config = as_config(config)
     owned = world is None  # joined here (torchrun environment): left here
     with cpu_threads(config.train.threads):
         world = world or ddp.init_world(pick_device(config.train.device))
         finished = False
         try:
-            with ddp.StopSignal().installed() as stop:
-                result = _train(config, Path(out_dir), resume, stop_after_steps, world, stop)
+            with ddp.StopSignal().installed() as signals:
+                result = run_training(
+                    config, Path(out_dir), resume, overwrite, stop_after_steps, world, signals
+                )
             finished = True
             return result
         finally:
@@ -313,152 +504,59 @@ def train(
                 ddp.shutdown(world, clean=finished)
 
 
-def _train(
+def run_training(
     cfg: Config,
     out_dir: Path,
     resume: bool,
+    overwrite: bool,
     stop_after_steps: int | None,
     world: World,
     signals: ddp.StopSignal,
 ) -> TrainResult:
+    """The loop. ``signals`` turns SIGTERM / SIGINT into a stop after the current step."""
     tc = cfg.train
-    verbose = tc.progress and world.is_main
-
-    # -- data, model, optimizer, schedule, width sampler
-    seed_everything(tc.seed)
-    train_set, test_set, info = build_datasets(
-        cfg.data.name, cfg.data.path, image_size=cfg.data.image_size,
-        augment=cfg.data.augment, seed=tc.seed,
-    )  # fmt: skip
-    model, spec = build_model(cfg, info)
-    model.to(world.device)
-    if tc.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, tc)
-    scaler = torch.amp.GradScaler(world.device.type, enabled=tc.amp == "fp16")
-    n_steps = steps_per_epoch(train_set, tc.batch_size, world)
-    schedule = build_schedule(tc, n_steps)
-    sampler = WidthSampler(model, tc.mode, tc.num_sample_widths, tc.nonuniform, seed=tc.seed)
-    widths_eval = eval_widths(cfg, model)
-    universal = width_choices(model) is None
-    input_size = tuple(train_set[0][0].shape)
-    macs = {w: _macs(model, input_size, w) for w in widths_eval}
-    test_shard = ddp.eval_shard(test_set, world)  # each rank evaluates its share
-    test = eval_loader(test_shard, cfg.eval.batch_size, workers=cfg.data.workers)
-
-    def evaluate_all() -> list[dict]:
-        ddp.average_buffers(model, world)  # BN running statistics: the ranks' mean
-        if universal and tc.mode == "universal":
-            calibrate_model(model, train_set, widths_eval, cfg, world=world)
-        rows = ddp.reduce_eval(
-            evaluate(model, test, widths_eval, macs=False), len(test_shard), world
-        )
-        return [{**r, "macs": macs[r["width"]]} for r in rows]
-
-    step, metrics, results = 0, [], []
-    epoch_loss: dict[str, list[float]] = {}  # width label -> [sum, count] of this epoch
+    s = build(cfg, world)
     ckpt_path = out_dir / CHECKPOINT
-    if resume:
-        ckpt = load_checkpoint(ckpt_path)  # on the CPU: RNG states must stay there
-        changed = [k for k in _config_diff(ckpt["config"], cfg.to_dict()) if k not in RESUME_FREE]
-        if changed:
-            raise ValueError(
-                f"the config differs from the checkpoint's in {', '.join(changed)}; resume with "
-                f"the run's own config ({out_dir / 'config.yaml'})"
-            )
-        model.load_state_dict(ckpt["state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        sampler.load_state_dict(ckpt["rng"]["widths"])
-        set_rng_state(ckpt["rng"])
-        step, metrics = ckpt["step"], list(ckpt["metrics"])
-        epoch_loss = {k: list(v) for k, v in ckpt["epoch_loss"].items()}
-        results = list(ckpt.get("eval") or [])
-        if "scaler" in ckpt:
-            scaler.load_state_dict(ckpt["scaler"])
+    if not resume:
+        refuse_existing_run(out_dir, overwrite, world)
+    state = restore(s, ckpt_path) if resume else TrainState()
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
-    log = RunLog(out_dir, world, verbose, metrics)
+    log = RunLog(out_dir, world, tc.progress, state.metrics)
 
-    def checkpoint(finished: bool) -> None:
-        if not world.is_main:
-            return
-        save_checkpoint(
-            ckpt_path,
-            {
-                "model": spec,
-                "state_dict": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": dataclasses.asdict(schedule),
-                "step": step,
-                "epoch": step // n_steps,
-                "rng": {
-                    **rng_state(),
-                    "widths": sampler.state_dict(),
-                    "loader": {"seed": tc.seed, "epoch": step // n_steps, "batch": step % n_steps},
-                },
-                "epoch_loss": epoch_loss,
-                "config": cfg.to_dict(),
-                "data": dataclasses.asdict(info),
-                "input_size": list(input_size),
-                "calibrated": calibrated_widths(model),
-                "metrics": metrics,
-                "eval": results,
-                "finished": finished,
-                **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
-            },
-        )
-
-    total = tc.epochs * n_steps
-    # The network the steps run: DDP (one gradient all-reduce per step) and/or compiled.
-    # Widths are set, and calibration / evaluation / checkpoints run, on ``model`` itself.
-    net = ddp.wrap(model, world)
-    if tc.compile:  # one graph for all widths of a US-Net (one per switch of an S-Net)
-        net = compile_slimmable(net)
-
-    def stopped(signum: int | None) -> TrainResult:
-        checkpoint(finished=False)
-        log.close()
-        if signum is not None and world.is_main:
-            name = signal.Signals(signum).name
-            tqdm.write(
-                f"stopped by {name} after step {step}: checkpoint written to {ckpt_path}; "
-                "continue with --resume"
-            )
-        return TrainResult(
-            model, results, out_dir, ckpt_path, metrics, finished=False, signal=signum,
-            main=world.is_main,
-        )  # fmt: skip
-
-    def stopping(step: int) -> bool:
-        return stop_after_steps is not None and stop_after_steps <= step < total
-
-    while step < total:
-        epoch, skip = divmod(step, n_steps)
+    last_step = s.total_steps if stop_after_steps is None else min(stop_after_steps, s.total_steps)
+    while state.step < s.total_steps:
+        epoch, skip = divmod(state.step, s.steps_per_epoch)
         loader = train_loader(
-            train_set, tc.batch_size, world, seed=tc.seed, epoch=epoch,
-            skip_batches=skip, workers=cfg.data.workers,
+            s.data.train, tc.batch_size, seed=tc.seed, epoch=epoch, rank=world.rank,
+            world_size=world.world_size, skip_batches=skip, workers=cfg.data.workers,
+            pin_memory=world.device.type == "cuda",
         )  # fmt: skip
-        bar = tqdm(
-            total=n_steps, initial=skip, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step",
-            disable=not verbose, leave=False, dynamic_ncols=True,
+        bar = tqdm(  # in a terminal; logs and pipes get the epoch's line alone
+            total=s.steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{s.epochs}",
+            unit="step", disable=not (log.verbose and sys.stderr.isatty()), leave=False,
+            dynamic_ncols=True,
         )  # fmt: skip
-        model.train()
+        s.model.train()
         t0, images = time.perf_counter(), 0
         for batch in loader:
             # -- one step: the widths of this step, largest first; gradients accumulate
             x, y = _to(batch, world, tc.channels_last)
-            lr = schedule(step)
-            set_lr(optimizer, lr)
-            optimizer.zero_grad(set_to_none=True)
+            if s.incremental is None:
+                widths, lr = s.sampler(), s.schedule(state.step)
+            else:  # the incremental baseline: one width per stage, each stage its own schedule
+                widths = [s.incremental.begin(state.step, x)]
+                lr = s.schedule(s.incremental.step_in_stage(state.step))
+            set_lr(s.optimizer, lr)
+            s.optimizer.zero_grad(set_to_none=True)
             teacher = None
-            step_losses = []
-            widths = sampler()
+            labels, losses = [], []
             for i, w in enumerate(widths):
                 # one gradient all-reduce per step: the widths before the last run in no_sync
-                with ddp.width_sync(net, last=i == len(widths) - 1), set_width(model, w):
+                with ddp.width_sync(s.net, last=i == len(widths) - 1), set_width(s.model, w):
                     with autocast(tc.amp, world.device):
-                        logits = net(x)
+                        logits = s.net(x)
                     logits = logits.float()
                     if teacher is None:  # the largest width learns from the labels
                         loss = cross_entropy(logits, y, tc.label_smoothing)
@@ -466,33 +564,30 @@ def _train(
                             teacher = logits.detach().softmax(dim=1)
                     else:  # in-place distillation: the others learn from the largest
                         loss = soft_cross_entropy(logits, teacher)
-                    scaler.scale(loss).backward()
-                fixed = sampler.switches is not None or i < 2  # largest, smallest, S switches
-                step_losses.append((f"{w:g}" if fixed else "random", loss.detach()))
-            scaler.step(optimizer)  # optimizer.step(), unless fp16 gradients overflowed
-            scaler.update()
-            step += 1
+                    s.scaler.scale(loss).backward()
+                fixed = s.sampler.switches is not None or i < 2  # largest, smallest, S switches
+                labels.append(f"{w:g}" if fixed else "random")
+                losses.append(loss.detach())
+            s.scaler.step(s.optimizer)  # optimizer.step(), unless fp16 gradients overflowed
+            s.scaler.update()
+            if s.incremental is not None:
+                s.incremental.keep_frozen()  # the narrower widths' channels do not move
+            state.step += 1
 
             # -- log (losses averaged over ranks; all ranks agree whether to stop)
-            losses, stop = ddp.reduce_step(
-                torch.stack([v for _, v in step_losses]), signals.signum is not None, world
-            )
-            values = losses.tolist()
-            for (key, _), value in zip(step_losses, values, strict=True):
-                acc = epoch_loss.setdefault(key, [0.0, 0])
-                acc[0] += value
-                acc[1] += 1
+            reduced, stop = ddp.reduce_step(torch.stack(losses), signals.signum is not None, world)
+            values = reduced.tolist()
+            check_finite(values, labels, state.step, lr)
+            state.add_losses(labels, values)
             images += len(y) * world.world_size
             bar.update(1)
             bar.set_postfix(
                 loss=f"{values[0]:.3f}", img_s=f"{images / (time.perf_counter() - t0):.0f}"
             )
-            if stop:  # SIGTERM / SIGINT: finish this step, save, leave
-                bar.close()
-                return stopped(signals.signum or signal.SIGTERM)
-            if stopping(step) and step % n_steps:  # at an epoch's end, stop after its eval
-                bar.close()
-                return stopped(None)
+            if stop or (state.step == last_step < s.total_steps and state.step % s.steps_per_epoch):
+                bar.close()  # a signal, or stop_after_steps mid-epoch: save and leave
+                signum = (signals.signum or signal.SIGTERM) if stop else None
+                return _stopped(s, state, log, ckpt_path, signum)
         bar.close()
         seconds = time.perf_counter() - t0
 
@@ -500,40 +595,85 @@ def _train(
         done = epoch + 1
         row: dict[str, Any] = {
             "epoch": done,
-            "step": step,
+            "step": state.step,
             "lr": lr,
-            "train_loss": {k: s / max(1, c) for k, (s, c) in epoch_loss.items()},
+            "train_loss": {k: total / max(1, n) for k, (total, n) in state.epoch_loss.items()},
             "seconds": seconds,
             "images_per_s": images / max(seconds, 1e-9),
         }
-        epoch_loss = {}
-        if done == tc.epochs or (cfg.eval.every and done % cfg.eval.every == 0):
-            results = evaluate_all()
-            row["eval"] = [{k: r[k] for k in ("width", "top1", "top5", "loss")} for r in results]
-        metrics.append(row)
+        state.epoch_loss = {}
+        if done == s.epochs or (cfg.eval.every and done % cfg.eval.every == 0):
+            try:
+                with signals.raising():  # calibration and evaluation stop at once on a signal
+                    state.results, state.results_step = evaluate_widths(s, log), state.step
+            except ddp.Stopped as stopped:
+                state.metrics.append(row)
+                return _stopped(s, state, log, ckpt_path, stopped.signum)
+            row["eval"] = [
+                {k: r[k] for k in ("width", "top1", "top5", "loss")} for r in state.results
+            ]
+        state.metrics.append(row)
         log.epoch(row)
-        checkpoint(finished=done == tc.epochs)
-        if stopping(step):
-            return stopped(None)
+        save(s, state, ckpt_path)
+        if state.step == last_step < s.total_steps:
+            return _stopped(s, state, log, ckpt_path, None)
     log.close()
 
-    if not results:  # resumed a finished run without its evaluation
-        results = evaluate_all()
+    if state.results_step != state.step:  # resumed a finished run before its evaluation
+        try:
+            with signals.raising():
+                state.results, state.results_step = evaluate_widths(s, log), state.step
+        except ddp.Stopped as stopped:
+            return _stopped(s, state, log, ckpt_path, stopped.signum)
+        save(s, state, ckpt_path)
     if world.is_main:
         from ..evaluate import json_report
         from ..plot import plot_accuracy
 
         with open(out_dir / "eval.json", "w") as f:
-            json.dump(json_report(results), f, indent=2)
-        plot_accuracy({tc.mode: results}, out_dir / PLOT, title=f"{spec['name']} ({tc.mode})")
-    return TrainResult(model, results, out_dir, ckpt_path, metrics, main=world.is_main)
+            json.dump(json_report(state.results), f, indent=2)
+        title = f"{s.spec['name']} ({tc.mode})"
+        plot_accuracy({tc.mode: state.results}, out_dir / PLOT, title=title)
+    return TrainResult(
+        s.model, state.results, out_dir, ckpt_path, state.metrics, main=world.is_main
+    )
 
 
-def load_run_config(ckpt: Mapping[str, Any]) -> Config:
-    """The :class:`Config` stored in a checkpoint written by :func:`train`."""
-    if "config" not in ckpt:
-        raise ValueError("this checkpoint has no training config; pass the data set explicitly")
-    return config_from_dict(ckpt["config"])
+def check_finite(values: list[float], labels: list[str], step: int, lr: float) -> None:
+    """Stop a run whose loss is no longer a number: nothing after it would be."""
+    for label, value in zip(labels, values, strict=True):
+        if not math.isfinite(value):
+            raise ValueError(
+                f"the loss at width {label} is {value} at step {step} (lr {lr:.3g}); training "
+                "diverged: lower train.lr or add train.warmup_epochs (the last checkpoint is kept)"
+            )
+
+
+def forget_calibration(model: nn.Module, widths: list[Width]) -> None:
+    from ..layers import USBatchNorm2d
+    from ..width import network_key
+
+    keys = [network_key(model, w) for w in widths]
+    for bn in (m for m in model.modules() if isinstance(m, USBatchNorm2d)):
+        for key in keys:
+            bn.reset_calibration(key)
+
+
+def _stopped(
+    s: Setup, state: TrainState, log: RunLog, path: Path, signum: int | None
+) -> TrainResult:
+    """Write the checkpoint of an interrupted run and say how to continue it."""
+    save(s, state, path)
+    log.close()
+    if signum is not None:
+        log.message(
+            f"stopped by {signal.Signals(signum).name} after step {state.step}: checkpoint "
+            f"written to {path}; continue with --resume"
+        )
+    return TrainResult(
+        s.model, state.results, path.parent, path, state.metrics, finished=False,
+        signal=signum, main=s.world.is_main,
+    )  # fmt: skip
 
 
 def summary(result: TrainResult) -> str:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .config import SCHEDULES, TrainConfig
+from ..config import SCHEDULES, TrainConfig
 
 
 def _is_depthwise(module: nn.Module) -> bool:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -17,14 +19,16 @@ from typing import Any
 
 import yaml
 
-MODES = ("slimmable", "universal", "naive", "individual")
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+MODES = ("slimmable", "universal", "naive", "individual", "incremental")
 SCHEDULES = ("multistep", "exponential", "linear", "cosine")
 AMP = ("none", "bf16", "fp16")
 
 
 @dataclass
 class ModelConfig:
-    """The network. ``widths`` for S-Nets (slimmable/naive/individual), ``width_range`` for US."""
+    """The network. ``widths`` for S-Nets (slimmable / naive / individual / incremental),
+    ``width_range`` for US."""
 
     name: str = "small_cnn"  # registered name, or a family ("small_cnn" -> s_/us_ by mode)
     widths: list[float] | None = None
@@ -41,6 +45,7 @@ class DataConfig:
     image_size: int | None = None
     augment: str = "standard"
     workers: int = 0
+    holdout: int = 0  # training images set aside, never trained on (AutoSlim scores on them)
 
 
 @dataclass
@@ -49,7 +54,7 @@ class TrainConfig:
     num_sample_widths: int = 4  # n of the sandwich rule: largest, smallest and n-2 random
     inplace_distill: bool = True
     nonuniform: bool = False  # random widths of the sandwich get a random width per layer
-    epochs: int = 10
+    epochs: int = 10  # incremental: epochs per width
     batch_size: int = 64
     lr: float = 0.1
     momentum: float = 0.9
@@ -143,6 +148,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     ok = isinstance(value, tp) and not (tp is not bool and isinstance(value, bool))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+        return float(value)  # 1e-3: a float in YAML 1.2, a string to PyYAML (YAML 1.1)
     if not ok:
         raise ValueError(f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
     return value
@@ -166,8 +173,46 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def _finite_floats(node: Any, prefix: str = "") -> None:
+    """Every float of the config, lists included, is a finite number (no nan, no inf)."""
+    for f in dataclasses.fields(node):
+        value, key = getattr(node, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _finite_floats(value, key + ".")
+            continue
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{key} must be a finite number, got {value}")
+
+
+def _check_widths(m: ModelConfig, e: EvalConfig) -> None:
+    if m.widths is not None:
+        if not m.widths or any(w <= 0 for w in m.widths):
+            raise ValueError(
+                f"model.widths must be positive widths, e.g. [0.5, 1.0]; got {m.widths}"
+            )
+        twice = sorted({w for w in m.widths if m.widths.count(w) > 1})
+        if twice:
+            raise ValueError(
+                f"model.widths lists {twice[0]:g} more than once; give each width once, "
+                f"e.g. {sorted(set(m.widths))}"
+            )
+    if m.width_range is not None:
+        if len(m.width_range) != 2:
+            raise ValueError("model.width_range must be [lo, hi], e.g. [0.25, 1.0]")
+        lo, hi = m.width_range
+        if not 0 < lo <= hi:
+            raise ValueError(
+                f"model.width_range must be [lo, hi] with 0 < lo <= hi, got {[lo, hi]}"
+            )
+    if e.widths is not None and any(w <= 0 for w in e.widths):
+        raise ValueError(f"eval.widths must be positive, got {e.widths}")
+
+
 def _validate(cfg: Config) -> Config:
     t = cfg.train
+    _finite_floats(cfg)
     choices = {
         "train.mode": (t.mode, MODES),
         "train.schedule": (t.schedule, SCHEDULES),
@@ -193,10 +238,17 @@ def _validate(cfg: Config) -> Config:
         raise ValueError("train.label_smoothing must be in [0, 1)")
     if t.lr <= 0:
         raise ValueError(f"train.lr must be positive, got {t.lr}")
-    if cfg.model.width_range is not None and len(cfg.model.width_range) != 2:
-        raise ValueError("model.width_range must be [lo, hi], e.g. [0.25, 1.0]")
+    if t.mode != "universal" and (t.nonuniform or t.num_sample_widths != 4):
+        key = "train.nonuniform" if t.nonuniform else "train.num_sample_widths"
+        raise ValueError(
+            f"{key} belongs to train.mode=universal (the sandwich rule); train.mode={t.mode} "
+            "trains the widths of model.widths, so remove it (or train universally)"
+        )
+    _check_widths(cfg.model, cfg.eval)
     if t.threads is not None and t.threads < 1:
         raise ValueError("train.threads must be at least 1, or null for torch's default")
+    if cfg.data.holdout < 0 or cfg.data.workers < 0:
+        raise ValueError("data.holdout and data.workers must be 0 or more")
     if cfg.eval.every < 0:
         raise ValueError("eval.every must be 0 (only after training) or a number of epochs")
     return cfg
@@ -220,7 +272,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             len(parts) > 2 and ".".join(parts[:2]) in known and parts[1] == "kwargs"
         ):
             raise _unknown(key)
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _yaml(raw, f"--set {item}") if raw.strip() else None
         node = data
         for part in parts[:-1]:
             child = node.get(part)
@@ -231,6 +283,19 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
+def _yaml(text: str, where: str) -> Any:
+    """``text`` parsed as YAML; a syntax error is one line saying where (file:line:column)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = where
+        if mark is not None and not where.startswith("--set"):
+            at = f"{where}:{mark.line + 1}:{mark.column + 1}"
+        problem = getattr(err, "problem", None) or "not valid YAML"
+        raise ValueError(f"{at}: YAML syntax error: {problem}") from None
+
+
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
     """Read a YAML config (or start from the defaults when ``path`` is None) and apply ``--set``."""
     data: dict[str, Any] = {}
@@ -238,11 +303,22 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no config file at {path}; see configs/demo.yaml")
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
+        data = _yaml(path.read_text(), str(path)) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a YAML mapping of sections (model:, train:, ...)")
     return config_from_dict(apply_overrides(data, overrides))
+
+
+def as_config(config: Config | Mapping[str, Any] | str | Path) -> Config:
+    """A :class:`Config` from a Config, nested dicts (``{"train": {"epochs": 5}}``) or a YAML
+    file's path."""
+    if isinstance(config, Config):
+        return _validate(config)
+    if isinstance(config, Mapping):
+        return config_from_dict(config)
+    if isinstance(config, str | Path):
+        return load_config(config)
+    raise TypeError(f"a config is a Config, a dict or a YAML path, not {type(config).__name__}")
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:
