@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from seg_data import make_voc
 
 import slimmable
 from slimmable.data import build_datasets, eval_loader
@@ -116,31 +116,8 @@ def test_augmentation_moves_image_and_mask_together() -> None:
 # ---- VOC-style folders ------------------------------------------------------------------------
 
 
-def _voc(root, ids, size=(40, 30), rgb_mask=False) -> None:
-    (root / "JPEGImages").mkdir(parents=True)
-    (root / "SegmentationClass").mkdir()
-    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
-    palette = [0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (3 * 253)
-    palette[3 * 255 : 3 * 256] = [224, 224, 192]
-    for k, i in enumerate(ids):
-        w, h = size
-        label = np.zeros((h, w), dtype=np.uint8)
-        label[5:20, 5 + k : 25 + k] = 1 + k % 2
-        label[4, 5:25] = 255  # a boundary
-        pixels = np.zeros((h, w, 3), dtype=np.uint8)
-        pixels[label == 1] = (250, 10, 10)
-        pixels[label == 2] = (10, 250, 10)
-        Image.fromarray(pixels).save(root / "JPEGImages" / f"{i}.jpg", quality=95)
-        mask = Image.fromarray(label, mode="P")
-        mask.putpalette(palette)
-        (mask.convert("RGB") if rgb_mask else mask).save(root / "SegmentationClass" / f"{i}.png")
-    listing = root / "ImageSets" / "Segmentation"
-    (listing / "train.txt").write_text("\n".join(ids[:-1]) + "\n")
-    (listing / "val.txt").write_text(ids[-1] + "\n")
-
-
 def test_voc_folder_loads_masks_and_augments_them_with_the_image(tmp_path) -> None:
-    _voc(tmp_path / "VOC2012", ["a", "b", "c"])
+    make_voc(tmp_path / "VOC2012", ["a", "b", "c"])
     train, test, info = build_datasets("voc", str(tmp_path), image_size=32, seed=0)
     assert (info.num_classes, info.in_chans, info.task) == (3, 3, "segmentation")
     assert (len(train), len(test)) == (2, 1)
@@ -158,7 +135,7 @@ def test_voc_folder_loads_masks_and_augments_them_with_the_image(tmp_path) -> No
 def test_voc_errors_name_the_fix(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="ImageSets/Segmentation"):
         build_datasets("voc", str(tmp_path))
-    _voc(tmp_path / "rgb", ["a", "b"], rgb_mask=True)
+    make_voc(tmp_path / "rgb", ["a", "b"], rgb_mask=True)
     with pytest.raises(ValueError, match="one class index per pixel"):
         build_datasets("voc", str(tmp_path / "rgb"))
     with pytest.raises(ValueError, match="no data.path"):

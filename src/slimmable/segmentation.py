@@ -59,6 +59,15 @@ def pixel_accuracy(confusion: Tensor) -> float:
     return float(confusion.diag().sum()) / total if total else 0.0
 
 
+def scores(confusion: Tensor) -> dict:
+    """``{"miou", "pixel_acc", "iou"}`` of one confusion matrix."""
+    return {
+        "miou": mean_iou(confusion),
+        "pixel_acc": pixel_accuracy(confusion),
+        "iou": iou_per_class(confusion),
+    }
+
+
 def evaluate_segmentation(
     model: nn.Module,
     loader: Iterable,
@@ -73,7 +82,8 @@ def evaluate_segmentation(
     """mIoU, pixel accuracy, per-class IoU, mean per-pixel loss and MACs at every width.
 
     ``loader`` yields ``(images, masks)``; ``model`` returns ``(N, num_classes, H, W)`` logits
-    at the masks' size. Rows: ``{"width", "miou", "pixel_acc", "iou", "loss", "macs"}``
+    at the masks' size. Rows: ``{"width", "miou", "pixel_acc", "iou", "confusion", "loss",
+    "macs"}``
     (``"width": None`` and ``"width_map"`` for a nonuniform map, as :func:`slimmable.evaluate`);
     ``widths`` is a list or a specification (see :func:`slimmable.parse_widths`).
     """
@@ -116,11 +126,7 @@ def evaluate_segmentation(
         row: dict = {"width": None if isinstance(w, Mapping) else float(w)}
         if isinstance(w, Mapping):
             row["width_map"] = dict(w)
-        row.update(
-            miou=mean_iou(confusion),
-            pixel_acc=pixel_accuracy(confusion),
-            iou=iou_per_class(confusion),
-        )
+        row.update(scores(confusion), confusion=confusion.tolist())
         if counter is not None:
             row["macs"] = counter(w)
         row["loss"] = loss / pixels
@@ -153,5 +159,6 @@ __all__ = [
     "iou_per_class",
     "mean_iou",
     "pixel_accuracy",
+    "scores",
     "segmentation_report",
 ]

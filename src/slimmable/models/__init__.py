@@ -9,6 +9,7 @@ from . import (  # noqa: F401  (registers the models)
     shufflenet,
     small_cnn,
 )
+from .detection import DetectionBackbone, detection_backbone
 from .features import FeatureExtractor, FeatureInfo, PadToFullWidth
 from .fpn import FPN
 from .kit import LayerKit, make_kit
@@ -17,12 +18,14 @@ from .segmentation import SegmentationNet
 
 __all__ = [
     "FPN",
+    "DetectionBackbone",
     "FeatureExtractor",
     "FeatureInfo",
     "LayerKit",
     "PadToFullWidth",
     "SegmentationNet",
     "create_model",
+    "detection_backbone",
     "list_models",
     "make_kit",
     "model_factory",
