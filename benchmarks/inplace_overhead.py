@@ -32,7 +32,7 @@ from slimmable.layers.conv import _WidthConv2d
 
 
 def with_bare_convs(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """A copy of ``model`` whose width convolutions run ``F.conv2d`` on fixed cached weights."""
+    """A copy of ``model`` whose width convolutions run ``F.conv2d`` on fixed weight slices."""
     bare = copy.deepcopy(model)
     inputs: dict[nn.Module, int] = {}
     hooks = [
@@ -45,7 +45,8 @@ def with_bare_convs(model: nn.Module, x: torch.Tensor) -> nn.Module:
     for h in hooks:
         h.remove()
     for conv, in_channels in inputs.items():
-        weight, bias, groups = conv._inference_weights(in_channels)
+        with torch.no_grad():
+            weight, bias, groups = conv.active_weights(in_channels)
 
         def forward(t, conv=conv, weight=weight, bias=bias, groups=groups):
             return F.conv2d(t, weight, bias, conv.stride, conv.padding, conv.dilation, groups)
@@ -66,7 +67,7 @@ def trial(name: str, width: float, batch: int, rounds: int) -> dict[str, float]:
         "extracted": slimmable.extract_subnet(model, width),
         "bare convs": with_bare_convs(model, x),
     }
-    with torch.no_grad():
+    with torch.no_grad(), slimmable.freeze(model):  # as a server runs it
         for net in nets.values():
             torch.testing.assert_close(net(x), model(x))
         times = interleaved_timings({k: (lambda f=f: f(x)) for k, f in nets.items()}, 3, rounds)

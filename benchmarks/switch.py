@@ -58,7 +58,7 @@ def time_switches(model: torch.nn.Module, widths: list[float], n: int) -> dict:
 def first_and_second(model: torch.nn.Module, widths: list[float], x, rounds: int) -> dict:
     """Median forward ms, first and second after each switch, and the median of their ratio."""
     first, second = [], []
-    with torch.no_grad():
+    with torch.no_grad(), slimmable.freeze(model):  # as a server runs it
         for r in range(rounds):
             for w in widths[r % 2 :] + widths[: r % 2]:  # alternate the order
                 slimmable.set_width(model, w)
@@ -83,9 +83,9 @@ def measure(name: str, size: int, rounds: int) -> dict:
     x = example_input(model, size, 1)
     if slimmable.width_choices(model) is None:
         slimmable.calibrate(model, [example_input(model, size, 8)], widths)
-    fresh = copy.deepcopy(model)  # caches start empty: the cold first visits
+    fresh = copy.deepcopy(model)  # memos start empty: the cold first visits
     cold = first_and_second(fresh, widths, x, 1)
-    with torch.no_grad():
+    with torch.no_grad(), slimmable.freeze(model):
         for w in widths:  # warm-up: every width visited once
             slimmable.set_width(model, w)
             model(x)

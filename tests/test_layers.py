@@ -1,9 +1,12 @@
 """Each slimmable layer equals its torch counterpart built with the sliced weights."""
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize, prune
 
 from slimmable import (
     SlimmableConv2d,
@@ -14,7 +17,7 @@ from slimmable import (
     USLinear,
     make_divisible,
 )
-from slimmable.layers import scale_channels
+from slimmable.layers import freeze, scale_channels
 
 US_WIDTHS = [0.25, 0.33, 0.5, 0.61, 0.8, 1.0]
 
@@ -264,23 +267,27 @@ def test_us_bn_calibration_travels_in_state_dict():
     assert b.calibrated_keys() == [1_000_000]
 
 
-def test_slice_cache_spares_the_copy_and_tracks_weight_updates():
+def test_frozen_memo_spares_the_copy_and_tracks_weight_updates():
     conv = USConv2d(32, 32, 3, padding=1, width_range=(0.25, 1.0)).eval()
     conv.width = 0.5
     x = torch.randn(1, 16, 6, 6)
     with torch.no_grad():
+        conv(x)
+    assert conv._memo is None  # nothing is memoized unless the model is frozen
+    with freeze(conv), torch.no_grad():
         y1 = conv(x)
-        assert len(conv._weight_cache) == 1
+        assert len(conv._memo) == 1
         y2 = conv(x)
         torch.testing.assert_close(y1, y2, rtol=0, atol=0)
-    opt = torch.optim.SGD(conv.parameters(), lr=0.1)
-    conv(x).sum().backward()
-    opt.step()
-    with torch.no_grad():
+        opt = torch.optim.SGD(conv.parameters(), lr=0.1)
+        with torch.enable_grad():
+            conv(x).sum().backward()
+        opt.step()
         y3 = conv(x)
         dense = F.conv2d(x, conv.weight[:16, :16].contiguous(), conv.bias[:16], padding=1)
     torch.testing.assert_close(y3, dense, rtol=0, atol=0)
     assert not torch.allclose(y1, y3)
+    assert conv._memo is None and type(conv.weight) is nn.Parameter  # thawed on exit
 
 
 def _change_bias_in_place(layer):
@@ -296,6 +303,15 @@ def _assign_data(layer):
     layer.weight.data = torch.randn_like(layer.weight)  # no version bump: a new storage
 
 
+def _write_through_data(layer):
+    layer.weight.data.mul_(0.5)  # no version bump on the parameter, same storage
+    layer.bias.data.zero_()
+
+
+def _write_through_detach(layer):
+    layer.weight.detach().mul_(-1.0)
+
+
 def _load_state_dict(layer):
     state = {k: torch.randn_like(v) for k, v in layer.state_dict().items()}
     layer.load_state_dict(state)
@@ -305,12 +321,41 @@ def _new_parameter(layer):
     layer.weight = nn.Parameter(torch.randn_like(layer.weight))
 
 
-@pytest.mark.parametrize(
-    "change",
-    [_change_bias_in_place, _assign_bias_data, _assign_data, _load_state_dict, _new_parameter],
-)
+class _Double(nn.Module):
+    def forward(self, w):
+        return 2 * w
+
+
+def _parametrize(layer):
+    parametrize.register_parametrization(layer, "weight", _Double())
+
+
+def _prune(layer):
+    prune.l1_unstructured(layer, "weight", amount=0.5)
+
+
+def _dense(kind, layer, x):
+    weight, bias = layer.weight[:8, :8], layer.bias[:8]
+    return F.conv2d(x, weight, bias, padding=1) if kind == "conv" else F.linear(x, weight, bias)
+
+
+CHANGES = [
+    _change_bias_in_place,
+    _assign_bias_data,
+    _assign_data,
+    _write_through_data,
+    _write_through_detach,
+    _load_state_dict,
+    _new_parameter,
+    _parametrize,
+    _prune,
+]
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("change", CHANGES)
 @pytest.mark.parametrize("kind", ["conv", "linear"])
-def test_slice_cache_sees_every_way_weights_change(kind, change):
+def test_layers_compute_with_their_current_weights_however_they_change(kind, change, frozen):
     if kind == "conv":
         layer = USConv2d(16, 16, 3, padding=1, width_range=(0.25, 1.0)).eval()
         x = torch.randn(1, 8, 5, 5)
@@ -318,15 +363,70 @@ def test_slice_cache_sees_every_way_weights_change(kind, change):
         layer = USLinear(16, 16, width_range=(0.25, 1.0), fixed_out=False).eval()
         x = torch.randn(2, 8)
     layer.width = 0.5
-    with torch.no_grad():
-        layer(x)  # fills the cache
+    with freeze(layer) if frozen else contextlib.nullcontext(), torch.no_grad():
+        before = layer(x)  # fills the memo when frozen
         change(layer)
         got = layer(x)
-        weight, bias = layer.weight[:8, :8], layer.bias[:8]
-        dense = (
-            F.conv2d(x, weight, bias, padding=1) if kind == "conv" else F.linear(x, weight, bias)
-        )
-    torch.testing.assert_close(got, dense, rtol=0, atol=0)
+        twice = layer(x)
+        expected = _dense(kind, layer, x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(twice, expected, rtol=0, atol=0)
+    assert not torch.equal(got, before)
+
+
+MECHANISMS = [
+    (kind, mechanism)
+    for kind in ("conv", "linear", "us_bn")
+    for mechanism in ("parametrize", "weight_norm", "prune")
+    if not (kind == "us_bn" and mechanism == "weight_norm")  # weight_norm needs a 2-D weight
+]
+
+
+@pytest.mark.parametrize(("kind", "mechanism"), MECHANISMS)
+def test_torch_mechanisms_work_on_slimmable_layers(kind, mechanism):
+    """A slimmable layer under a parametrization or pruning equals the torch layer under it."""
+    torch.manual_seed(0)
+    if kind == "conv":
+        layer, c = USConv2d(16, 16, 3, padding=1, width_range=(0.25, 1.0)), 8
+        ref = nn.Conv2d(8, 8, 3, padding=1)
+        x = torch.randn(2, 8, 5, 5)
+    elif kind == "linear":
+        layer, c = USLinear(16, 16, width_range=(0.25, 1.0), fixed_out=False), 8
+        ref = nn.Linear(8, 8)
+        x = torch.randn(2, 8)
+    else:
+        layer, c = USBatchNorm2d(16, uncalibrated="running"), 8
+        ref = nn.BatchNorm2d(8)
+        x = torch.randn(4, 8, 3, 3)
+    layer.width = 0.5
+    with torch.no_grad():
+        layer.weight.normal_()
+        ref.weight.copy_(layer.weight[:c, :c] if layer.weight.dim() > 1 else layer.weight[:c])
+        ref.bias.copy_(layer.bias[:c])
+    for m in (layer, ref):
+        if mechanism == "parametrize":
+            parametrize.register_parametrization(m, "weight", _Double())
+        elif mechanism == "weight_norm":
+            torch.nn.utils.parametrizations.weight_norm(m, "weight", dim=0)
+        else:
+            prune.l1_unstructured(m, "weight", amount=0.4)
+    if mechanism == "prune":  # the same mask: prune the reference where the layer's slice is
+        mask = layer.weight_mask[:c, :c] if kind != "us_bn" else layer.weight_mask[:c]
+        ref.weight_mask.copy_(mask)
+    layer.eval(), ref.eval()
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            if kind == "us_bn":
+                ref.running_mean.copy_(layer.running_mean[:c])
+                ref.running_var.copy_(layer.running_var[:c])
+            got, expected = layer(x), ref(x)
+            if mechanism == "weight_norm":  # the norm is over the full rows: slice the result
+                w, b = layer.weight[:c, :c], layer.bias[:c]
+                f = F.conv2d if kind == "conv" else F.linear
+                expected = f(x, w, b, padding=1) if kind == "conv" else f(x, w, b)
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    with freeze(layer), torch.no_grad():
+        torch.testing.assert_close(layer(x), got.detach(), rtol=1e-6, atol=1e-6)
 
 
 def test_constructor_errors_are_clear():

@@ -108,7 +108,11 @@ def test_their_weights_compute_their_outputs(name):
     for width, logits in fixture["outputs"].items():
         with torch.no_grad(), set_width(model, float(width) / WIDTH_SCALE.get(name, 1.0)):
             out = model(sample_input())
-        torch.testing.assert_close(out, torch.tensor(logits), rtol=1e-5, atol=1e-6)
+        expected = torch.tensor(logits)
+        # float32 sums over ~50 layers round differently with thread count and load: allow
+        # 1e-5 of the logits' scale (a wrong weight or width moves them by the whole scale)
+        scale = max(1.0, expected.abs().max().item())
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_files_as_released(tmp_path):

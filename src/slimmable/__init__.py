@@ -6,6 +6,7 @@ in-place distillation, post-training BN calibration) and AutoSlim channel search
 
 from .calibrate import calibrate, calibrated_widths, is_calibrated
 from .compile import compile_slimmable
+from .converter import ConversionError, convert
 from .evaluate import evaluate
 from .export import extract_subnet
 from .latency import measure_latency
@@ -16,6 +17,7 @@ from .layers import (
     USBatchNorm2d,
     USConv2d,
     USLinear,
+    freeze,
     make_divisible,
 )
 from .models import create_model, list_models, register_model
@@ -26,6 +28,7 @@ from .search import autoslim, load_search, read_search, set_channels
 from .select import select_width
 from .train import train
 from .width import (
+    channel_groups,
     get_width,
     set_uncalibrated,
     set_width,
@@ -38,6 +41,7 @@ from .widthspec import parse_widths
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConversionError",
     "SlimmableConv2d",
     "SlimmableLinear",
     "SwitchableBatchNorm2d",
@@ -48,11 +52,14 @@ __all__ = [
     "autoslim",
     "calibrate",
     "calibrated_widths",
+    "channel_groups",
     "compile_slimmable",
+    "convert",
     "count_macs",
     "create_model",
     "evaluate",
     "extract_subnet",
+    "freeze",
     "get_width",
     "is_calibrated",
     "list_models",

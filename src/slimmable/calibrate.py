@@ -32,17 +32,16 @@ def calibrate(
 
     ``batches`` yields input tensors or ``(input, target)`` pairs; at most ``max_images`` inputs
     are used. Earlier statistics of these widths are replaced; other widths keep theirs.
-    Returns the calibration keys written (see :func:`slimmable.width.network_key`).
+    Returns the calibration keys written (see :func:`slimmable.width.network_key`). A model
+    without US batch norm has nothing to calibrate (S-Nets keep private statistics per width;
+    layer and group norms compute theirs per sample): then nothing happens and ``[]`` returns.
     """
-    norms = [m for _, m in width_modules(model) if isinstance(m, USBatchNorm2d)]
-    if not norms:
-        raise ValueError(
-            "this model has no US batch-norm layers to calibrate; S-Nets keep private BN "
-            "statistics per width and need no calibration"
-        )
     if not widths:
         raise ValueError("calibrate needs at least one width, e.g. widths=[0.25, 0.5, 1.0]")
     keys = [network_key(model, w) for w in widths]  # validates every width first
+    norms = [m for _, m in width_modules(model) if isinstance(m, USBatchNorm2d)]
+    if not norms:
+        return []
     for bn in norms:
         for key in keys:
             bn.reset_calibration(key)

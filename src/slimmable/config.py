@@ -31,7 +31,9 @@ class ModelConfig:
     """The network. ``widths`` for S-Nets (slimmable / naive / individual / incremental),
     ``width_range`` for US."""
 
-    name: str = "small_cnn"  # registered name, or a family ("small_cnn" -> s_/us_ by mode)
+    # a registered name, a family ("small_cnn" -> s_/us_ by the mode), or any importable factory
+    # of a plain torch model, "package.module:function", made slimmable by the convert section
+    name: str = "small_cnn"
     widths: list[float] | None = None
     width_range: list[float] | None = None
     num_classes: int | None = None  # None: follow the data set
@@ -84,6 +86,16 @@ class CalibrateConfig:
 
 
 @dataclass
+class ConvertConfig:
+    """How a model from a factory (``model.name: package.module:function``) is made slimmable
+    (see :func:`slimmable.convert`); its widths come from ``model``, its norm from the mode."""
+
+    divisor: int = 8  # channel counts round to multiples of this
+    fixed: list[str] = field(default_factory=list)  # module-name patterns that never slim
+    input_size: list[int] | None = None  # C, H, W of the example input (None: the data's)
+
+
+@dataclass
 class EvalConfig:
     widths: list[float] | None = None  # None: the S-Net's switches, or 8 widths over the range
     batch_size: int = 256
@@ -97,6 +109,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -254,7 +267,38 @@ def _validate(cfg: Config) -> Config:
         raise ValueError("data.holdout and data.workers must be 0 or more")
     if cfg.eval.every < 0:
         raise ValueError("eval.every must be 0 (only after training) or a number of epochs")
+    _check_convert(cfg)
     return cfg
+
+
+def is_factory(name: str) -> bool:
+    """Whether ``model.name`` names an importable factory (``package.module:function``)."""
+    return ":" in name
+
+
+def _check_convert(cfg: Config) -> None:
+    c, name = cfg.convert, cfg.model.name
+    if not is_factory(name):
+        if c != ConvertConfig():
+            raise ValueError(
+                f"convert: applies to models from a factory (model.name: package.module:function); "
+                f"{name!r} is from the zoo, which is slimmable already"
+            )
+        if "." in name:
+            module, _, fn = name.rpartition(".")
+            raise ValueError(
+                f"model.name {name!r} is no registered model; for a factory write {module}:{fn}"
+            )
+        return
+    if c.divisor < 1:
+        raise ValueError(f"convert.divisor must be at least 1, got {c.divisor}")
+    if c.input_size is not None and (len(c.input_size) != 3 or min(c.input_size) < 1):
+        raise ValueError(f"convert.input_size must be [C, H, W], got {c.input_size}")
+    if cfg.model.in_chans is not None:
+        raise ValueError(
+            "model.in_chans is for zoo models; give a factory's input channels in model.kwargs "
+            "under its own name (and convert.input_size if they differ from the data's)"
+        )
 
 
 def config_from_dict(data: Mapping[str, Any] | None) -> Config:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -26,13 +27,26 @@ import torch
 from torch import Tensor, nn
 
 from .layers.base import WidthMixin
-from .layers.norm import SwitchableBatchNorm2d, USBatchNorm2d, describe_key
+from .layers.norm import (
+    SlimmableGroupNorm,
+    SlimmableLayerNorm,
+    SwitchableBatchNorm2d,
+    USBatchNorm2d,
+    describe_key,
+)
+from .layers.sliced import is_sliced, materialize_sliced
 from .width import Width, network_key, set_width, width_modules
 
 FORMATS = ("pt", "torchscript", "onnx")
 SUFFIXES = {"pt": ".pt2", "torchscript": ".ts", "onnx": ".onnx"}
 DEFAULT_IMAGE_SIZE = 224
-_SLIMMABLE_LAYER_TYPES = (WidthMixin, SwitchableBatchNorm2d, USBatchNorm2d)
+_SLIMMABLE_LAYER_TYPES = (
+    WidthMixin,
+    SwitchableBatchNorm2d,
+    USBatchNorm2d,
+    SlimmableLayerNorm,
+    SlimmableGroupNorm,
+)
 
 
 # ---- inputs ------------------------------------------------------------------------------------
@@ -79,27 +93,43 @@ def example_input(
     return x.to(device=device, dtype=dtype)
 
 
-def _tensors(out: Any) -> Iterator[Tensor]:
+def output_tensors(out: Any) -> Iterator[Tensor]:
+    """Every tensor in a model's output, in order: tensors, sequences, mappings, dataclasses
+    and other plain objects (e.g. a library's ``ModelOutput``)."""
     if isinstance(out, Tensor):
         yield out
     elif isinstance(out, Mapping):
         for v in out.values():
-            yield from _tensors(v)
+            yield from output_tensors(v)
     elif isinstance(out, list | tuple):
         for v in out:
-            yield from _tensors(v)
+            yield from output_tensors(v)
+    elif dataclasses.is_dataclass(out) and not isinstance(out, type):
+        for f in dataclasses.fields(out):
+            yield from output_tensors(getattr(out, f.name))
+    elif hasattr(out, "__dict__") and not isinstance(out, nn.Module | type):
+        for v in vars(out).values():
+            yield from output_tensors(v)
 
 
-def _max_diff(a: Any, b: Any) -> tuple[float, float]:
-    """``(largest absolute difference, largest magnitude)`` over two outputs of one structure."""
-    diff, scale = 0.0, 0.0
-    ta, tb = list(_tensors(a)), list(_tensors(b))
+_tensors = output_tensors
+
+
+def max_difference(a: Any, b: Any) -> tuple[float, float]:
+    """``(largest absolute difference, largest magnitude)`` over two outputs of one structure
+    (``inf`` when their tensors differ in number or shape, or integer tensors differ)."""
+    ta, tb = list(output_tensors(a)), list(output_tensors(b))
     if len(ta) != len(tb) or any(x.shape != y.shape for x, y in zip(ta, tb, strict=True)):
         return math.inf, 0.0
+    diff, scale = 0.0, 0.0
     for x, y in zip(ta, tb, strict=True):
-        if x.numel():
-            diff = max(diff, (x.float() - y.float()).abs().max().item())
-            scale = max(scale, y.float().abs().max().item())
+        if not x.numel():
+            continue
+        if x.is_floating_point():
+            diff = max(diff, (x.double() - y.double()).abs().max().item())
+            scale = max(scale, y.double().abs().max().item())
+        elif not torch.equal(x, y):
+            diff = math.inf
     return diff, scale
 
 
@@ -118,10 +148,11 @@ def check_calibrated(model: nn.Module, width: Width) -> None:
         return
     done = sorted(set.intersection(*(set(bn.calibrated_keys()) for bn in strict)))
     shown = ", ".join(describe_key(k) for k in done) or "none"
-    what = f"{float(width):g}" if not isinstance(width, Mapping) else "this nonuniform width map"
-    hint = f"--widths {float(width):g}" if not isinstance(width, Mapping) else "--widths MAP.json"
+    uniform = not isinstance(width, Mapping)
+    what = f"width {float(width):g}" if uniform else "this nonuniform width map"
+    hint = f"--widths {float(width):g}" if uniform else "--widths MAP.json"
     raise RuntimeError(
-        f"width {what} has no calibrated BN statistics (calibrated: {shown}); calibrate it "
+        f"{what} has no calibrated BN statistics (calibrated: {shown}); calibrate it "
         f"first: slimmable.calibrate(model, batches, widths=[...]) or "
         f"`slimmable calibrate CKPT {hint}`"
     )
@@ -133,8 +164,7 @@ def _record_input_channels(model: nn.Module, x: Tensor) -> tuple[dict[int, int],
     names: dict[int, str] = {}
 
     def hook(module: nn.Module, args: tuple) -> None:
-        inp = args[0]
-        c = int(inp.shape[-1] if isinstance(module, nn.Linear) else inp.shape[1])
+        c = int(module.input_channels(args[0]))
         if seen.setdefault(id(module), c) != c:
             raise ValueError(
                 f"layer {names[id(module)]!r} runs twice with different input channels "
@@ -213,6 +243,9 @@ def extract_subnet(
     set_width(net, width)
     x = example_input(net, input_size)
     channels, reference = _record_input_channels(net, x)
+    for m in net.modules():  # a user module's own parameters that follow the channels
+        if is_sliced(m):
+            materialize_sliced(m)
     replacements: dict[int, nn.Module] = {}
     for name, m in net.named_modules():
         if not isinstance(m, _SLIMMABLE_LAYER_TYPES) or id(m) in replacements:
@@ -232,7 +265,7 @@ def extract_subnet(
             "not reachable as child modules (kept in a plain list?): register them as modules"
         )
     with torch.no_grad():
-        diff, scale = _max_diff(net(x), reference)
+        diff, scale = max_difference(net(x), reference)
     if not diff <= atol * max(1.0, scale):
         raise RuntimeError(
             f"the extracted network differs from the slimmable model by {diff:.3g}; a custom "
@@ -364,7 +397,7 @@ def _fold(model: nn.Module, example: Tensor) -> nn.Module:
         replacements[id(bn)] = nn.Identity()
     _replace_modules(net, replacements)
     with torch.no_grad():
-        diff, scale = _max_diff(net(example), reference)
+        diff, scale = max_difference(net(example), reference)
     if not diff <= 1e-3 * max(1.0, scale):
         raise RuntimeError(f"folding batch norm changed the outputs by {diff:.3g}; please report")
     return net
@@ -422,8 +455,10 @@ def export_subnet(
     - ``pt``: a ``torch.export`` program (``torch.export.save``); load it with
       ``torch.export.load(path).module()``;
     - ``torchscript``: ``torch.jit.trace`` of ``net``; load with ``torch.jit.load(path)``;
-    - ``onnx``: an ONNX model (input ``input``, output ``logits``; a ``features_only`` backbone
-      has outputs ``features.0``, ``features.1``, ...), for onnxruntime & co.
+    - ``onnx``: an ONNX model (input ``input``, output ``logits``), for onnxruntime & co.
+
+    A network whose output is a dataclass, dict or list exports the tuple of its tensors (in
+    field / key order; ONNX outputs ``output0``, ``output1``, ...).
 
     The batch size stays free; the image size is fixed to ``input_size``. ``metadata`` (e.g.
     the width) is stored in the file: ``slimmable.json`` extra file (``pt``, TorchScript) or
@@ -457,6 +492,9 @@ def _export(
     metadata: Mapping[str, Any] | None,
 ) -> Path:
     x = example_input(net, input_size, batch_size=2)  # batch 2: a size-1 dim would specialise
+    with torch.no_grad():
+        if not isinstance(net(x), Tensor):  # a dataclass, dict or list: its tensors, in order
+            net = _TensorOutputs(net)
     meta = json.dumps(dict(metadata or {}), sort_keys=True)
     if format == "pt":
         with _quiet("torch.export"):
@@ -481,20 +519,30 @@ def _export(
     return _atomic(path, write)
 
 
+class _TensorOutputs(nn.Module):
+    """``net`` with its outputs (a dataclass, a dict, a list) flattened to a tuple of tensors,
+    in the order :func:`_tensors` walks them: what an exported file can return."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        return tuple(_tensors(self.net(x)))
+
+
 def _write_onnx(net: nn.Module, x: Tensor, tmp: Path, metadata: Mapping[str, Any]) -> None:
     import onnx  # optional dependency: pip install slimmable[onnx]
 
     with torch.no_grad():
-        outputs = len(list(_tensors(net(x))))
-    # one output (logits, or per-pixel logits); a features_only backbone has one per stage
-    names = ["logits"] if outputs == 1 else [f"features.{i}" for i in range(outputs)]
+        n = len(list(_tensors(net(x))))
     with _quiet("torch.onnx", "torch.export", "onnxscript"):
         program = torch.onnx.export(
             net,
             (x,),
             dynamo=True,
             input_names=["input"],
-            output_names=names,
+            output_names=["logits"] if n == 1 else [f"output{i}" for i in range(n)],
             dynamic_shapes=_dynamic_batch(),
             external_data=False,
             verbose=False,
@@ -522,11 +570,11 @@ def load_exported(path: str | os.PathLike, format: str | None = None) -> Callabl
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
-        def run(x: Tensor) -> Tensor | list[Tensor]:
+        def run(x: Tensor) -> Tensor | tuple[Tensor, ...]:
             ys = [
                 torch.from_numpy(y) for y in session.run(None, {"input": x.detach().cpu().numpy()})
             ]
-            return ys[0] if len(ys) == 1 else ys
+            return ys[0] if len(ys) == 1 else tuple(ys)
 
         return run
     raise ValueError(f"cannot tell the format of {path}; give format= one of {FORMATS}")

@@ -21,6 +21,7 @@ from torch import nn
 
 from .export import example_input
 from .layers.norm import USBatchNorm2d
+from .layers.slicing import freeze
 from .width import Width, set_width, width_modules
 
 
@@ -142,8 +143,9 @@ def measure_latency(
 
     ``input_size`` is ``S``, ``(H, W)`` or ``(C, H, W)`` (``None``: 224); ``widths`` are floats
     or per-layer maps (``None``: the model as it is, e.g. an extracted dense network). Runs in
-    eval mode under ``no_grad`` on the model's device, with ``threads`` CPU threads (``None``:
-    torch's current setting). The model's widths and mode are restored afterwards.
+    eval mode under ``no_grad`` on the model's device, frozen (:func:`slimmable.freeze`, as a
+    server runs it), with ``threads`` CPU threads (``None``: torch's current setting). The
+    model's widths and mode are restored afterwards.
 
     Each row: ``width``, ``batch_size``, ``latency_ms`` (median), ``p25_ms``, ``p75_ms``,
     ``min_ms``, ``repeats``, ``warmup``, ``threads``, ``device``.
@@ -156,7 +158,7 @@ def measure_latency(
     was_training = model.training
     model.eval()
     try:
-        with threads_set(threads) as n_threads, torch.no_grad():
+        with threads_set(threads) as n_threads, torch.no_grad(), freeze(model):
             stats = any_width_statistics(model) if slimmable else contextlib.nullcontext()
             with stats:
                 for w in widths if slimmable else [None]:

@@ -14,8 +14,9 @@ calibrate, export, select, search, profile) opens it here, so they agree on what
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,15 +41,58 @@ _SHOWN = 3
 
 
 # ---- models from checkpoints -----------------------------------------------------------------
+def import_factory(path: str) -> Callable[..., nn.Module]:
+    """The function (or class, or ``Class.method``) that ``package.module:function`` names."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"a model factory is package.module:function, got {path!r}")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(
+            f"cannot import {module_name!r} for model {path!r} ({err}); is its package "
+            "installed, or its folder on PYTHONPATH?"
+        ) from None
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"{module_name!r} has no {attr!r}, which model {path!r} names")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"model {path!r} is not callable")
+    return target
+
+
+def example_batch(input_size: Sequence[int], batch: int = 2) -> torch.Tensor:
+    """The deterministic input a factory's model is converted on (its values do not matter)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(batch, *(int(s) for s in input_size), generator=generator)
+
+
 def build_model_from_spec(spec: Mapping[str, Any]) -> nn.Module:
     """The (untrained) model a checkpoint's ``model`` entry describes.
 
-    ``spec`` is ``{"name": registered model name, "kwargs": factory keyword arguments}``.
+    ``spec`` is ``{"name": registered model name, "kwargs": factory keyword arguments}``, or
+    for a user's model ``{"name": "package.module:function", "kwargs": ..., "convert": the
+    keyword arguments of :func:`slimmable.convert` and ``input_size``}``: the plain model is
+    built and converted again, which gives the same slimmable model every time.
     """
     name = spec.get("name")
     if not isinstance(name, str):
         raise ValueError("the checkpoint's model entry names no model ({'name': ..., 'kwargs'})")
-    return create_model(name, **dict(spec.get("kwargs") or {}))
+    kwargs = dict(spec.get("kwargs") or {})
+    if "convert" not in spec:
+        return create_model(name, **kwargs)
+    from .converter import convert
+
+    options = dict(spec["convert"])
+    example = example_batch(options.pop("input_size"))
+    try:
+        model = import_factory(name)(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"model {name!r} does not take these arguments: {err}") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model {name!r} returned a {type(model).__name__}, not an nn.Module")
+    return convert(model, example, **options)
 
 
 def _listing(items: Sequence[str]) -> str:

@@ -160,11 +160,19 @@ def _resolve(model: nn.Module, width: Width) -> dict[str, float]:
     return resolved
 
 
+def channel_groups(model: nn.Module) -> list[list[str]]:
+    """Layers whose output channels move together (residual sums, squeeze-excitation gates,
+    the parts of a channel shuffle): they always run at one width.
+
+    Zoo models declare them (``model.channel_groups()``); :func:`slimmable.convert` works them
+    out from the graph. AutoSlim and nonuniform training move each group as one.
+    """
+    declared = getattr(model, "channel_groups", None)
+    return [list(g) for g in declared()] if callable(declared) else []
+
+
 def _check_ties(model: nn.Module, resolved: Mapping[str, float]) -> None:
-    groups = getattr(model, "channel_groups", None)
-    if groups is None:
-        return
-    for group in groups():
+    for group in channel_groups(model):
         widths = {resolved.get(name) for name in group}
         if len(widths) > 1:
             raise ValueError(

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import WidthMixin, is_compiling, make_policy
+from .layout import ChannelLayout, gather
 from .opaque import sliced_conv2d
-from .slicing import SliceCache, copied_prefix
+from .slicing import SliceMemo, owned_copy
 
 
 class _WidthConv2d(WidthMixin, nn.Conv2d):
@@ -73,7 +74,8 @@ class _WidthConv2d(WidthMixin, nn.Conv2d):
             fixed_out=fixed_out,
             out_channels_list=out_channels_list,
         )
-        self._weight_cache = SliceCache()
+        self.input_layout: ChannelLayout | None = None
+        self._memo: SliceMemo | None = None
 
     def active_shape(self, in_channels: int) -> tuple[int, int, int]:
         """``(out_channels, in_channels_per_group, groups)`` that run for this many inputs."""
@@ -93,41 +95,54 @@ class _WidthConv2d(WidthMixin, nn.Conv2d):
             )
         return out, in_channels // self.groups, self.groups
 
+    def input_channels(self, x: Tensor) -> int:
+        """How many of this layer's input channels ``x`` carries."""
+        return x.shape[1]
+
+    def _input_index(self, in_channels: int, device: torch.device) -> Tensor | None:
+        layout = self.input_layout
+        return None if layout is None else layout.indices(in_channels, device)
+
     def active_weights(self, in_channels: int) -> tuple[Tensor, Tensor | None, int]:
-        """``(weight, bias, groups)`` sliced for this many input channels at this width."""
+        """``(weight, bias, groups)`` for this many input channels at this width.
+
+        Slices of the layer's current ``weight`` and ``bias`` (read through any parametrization
+        or pruning hook): views when they are leading slices along the output channels, else
+        gathered copies. While the model is frozen (:func:`slimmable.freeze`) and gradients are
+        off, the copies are memoized per width.
+        """
         out, in_per_group, groups = self.active_shape(in_channels)
-        bias = None if self.bias is None else self.bias[:out]
-        return self.weight[:out, :in_per_group], bias, groups
-
-    def _contiguous_weights(self, in_channels: int) -> tuple[Tensor, Tensor | None, int]:
-        weight, bias, groups = self.active_weights(in_channels)
-        return weight.contiguous(), bias, groups
-
-    def _inference_weights(self, in_channels: int) -> tuple[Tensor, Tensor | None, int]:
-        # Runs before every convolution at inference: direct dict reads and an inline stamp,
-        # since nn.Module attribute lookups and generic helpers cost more than a small layer.
-        params = self._parameters
-        w, b = params["weight"], params["bias"]
-        if b is None:
-            stamp = (w._version, w.data_ptr())
+        weight, bias = self.weight, self.bias
+        index = self._input_index(in_channels, weight.device)
+        if index is None and in_per_group == weight.shape[1]:  # a free view
+            w = weight[:out]
+        elif self._memo is not None and not torch.is_grad_enabled():
+            key = (out, in_channels, None if index is None else id(index))
+            build = self._sliced_weight
+            w = self._memo.get(key, (weight,), build, weight, out, in_per_group, index)
         else:
-            stamp = (w._version, w.data_ptr(), b._version, b.data_ptr())
-        key = (self.width, in_channels)
-        return self._weight_cache.get(key, stamp, self._contiguous_weights, in_channels)
+            w = self._sliced_weight(weight, out, in_per_group, index)
+        if bias is not None:
+            bias = gather(bias, 0, out, index if self.depthwise else None)
+        return w, bias, groups
+
+    def _sliced_weight(
+        self, weight: Tensor, out: int, in_per_group: int, index: Tensor | None
+    ) -> Tensor:
+        if self.depthwise:  # output channels follow the input: gather along the outputs
+            return gather(weight, 0, out, index).contiguous()
+        return gather(weight[:out], 1, in_per_group, index).contiguous()
 
     def forward(self, x: Tensor) -> Tensor:
         padding = self.padding
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = (0, 0)
-        if is_compiling() and not isinstance(padding, str):  # one graph for every width
-            out, _, groups = self.active_shape(x.shape[1])
+        if is_compiling() and not isinstance(padding, str) and self.input_layout is None:
+            out, _, groups = self.active_shape(x.shape[1])  # one graph for every width
             w, b = self.weight, self.bias
             return sliced_conv2d(x, w, b, out, self.stride, padding, self.dilation, groups)
-        if torch.is_grad_enabled():
-            weight, bias, groups = self.active_weights(x.shape[1])
-        else:
-            weight, bias, groups = self._inference_weights(x.shape[1])
+        weight, bias, groups = self.active_weights(x.shape[1])
         return F.conv2d(x, weight, bias, self.stride, padding, self.dilation, groups)
 
     def to_dense(self, in_channels: int) -> nn.Conv2d:
@@ -136,10 +151,10 @@ class _WidthConv2d(WidthMixin, nn.Conv2d):
         Weights are copied (the dense layer shares no storage with this one), so the result
         stays valid when this layer is trained further or switched to another width.
         """
-        out, in_per_group, groups = self.active_shape(in_channels)
+        weight, bias, groups = self.active_weights(in_channels)
         dense = nn.Conv2d(
             in_channels,
-            out,
+            weight.shape[0],
             self.kernel_size,  # type: ignore[arg-type]
             self.stride,  # type: ignore[arg-type]
             self.padding,  # type: ignore[arg-type]
@@ -149,9 +164,9 @@ class _WidthConv2d(WidthMixin, nn.Conv2d):
             self.padding_mode,
             device="meta",
         )
-        dense.weight = copied_prefix(self.weight, (out, in_per_group))
-        if self.bias is not None:
-            dense.bias = copied_prefix(self.bias, (out,))
+        dense.weight = owned_copy(weight, self.weight.requires_grad)
+        if bias is not None:
+            dense.bias = owned_copy(bias, self.bias.requires_grad)
         return dense
 
     def extra_repr(self) -> str:
@@ -160,6 +175,8 @@ class _WidthConv2d(WidthMixin, nn.Conv2d):
             s += ", depthwise=True"
         if self.fixed_in:
             s += ", fixed_in=True"
+        if self.input_layout is not None:
+            s += f", input_layout={self.input_layout!r}"
         return f"{s}, {self._width_repr()}"
 
 

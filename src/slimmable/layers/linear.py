@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import WidthMixin, is_compiling, make_policy
+from .layout import ChannelLayout, gather
 from .opaque import sliced_linear
-from .slicing import SliceCache, copied_prefix
+from .slicing import SliceMemo, owned_copy
 
 
 class _WidthLinear(WidthMixin, nn.Linear):
@@ -46,7 +47,8 @@ class _WidthLinear(WidthMixin, nn.Linear):
             fixed_out=fixed_out,
             out_channels_list=out_channels_list,
         )
-        self._weight_cache = SliceCache()
+        self.input_layout: ChannelLayout | None = None
+        self._memo: SliceMemo | None = None
 
     def active_shape(self, in_features: int) -> tuple[int, int]:
         """``(out_features, in_features)`` that run for this many inputs."""
@@ -58,34 +60,35 @@ class _WidthLinear(WidthMixin, nn.Linear):
             )
         return self.active_channels(), in_features
 
+    def input_channels(self, x: Tensor) -> int:
+        """How many of this layer's input features ``x`` carries."""
+        return x.shape[-1]
+
     def active_weights(self, in_features: int) -> tuple[Tensor, Tensor | None]:
-        """``(weight, bias)`` sliced for this many input features at this width."""
+        """``(weight, bias)`` for this many input features at this width.
+
+        Slices of the current ``weight`` and ``bias`` (read through any parametrization or pruning
+        hook); input slices are copies, memoized per width while the model is frozen
+        (:func:`slimmable.freeze`) and gradients are off.
+        """
         out, inp = self.active_shape(in_features)
-        return self.weight[:out, :inp], None if self.bias is None else self.bias[:out]
-
-    def _contiguous_weights(self, in_features: int) -> tuple[Tensor, Tensor | None]:
-        weight, bias = self.active_weights(in_features)
-        return weight.contiguous(), bias
-
-    def _inference_weights(self, in_features: int) -> tuple[Tensor, Tensor | None]:
-        # Direct dict reads and an inline stamp: see _WidthConv2d._inference_weights.
-        params = self._parameters
-        w, b = params["weight"], params["bias"]
-        if b is None:
-            stamp = (w._version, w.data_ptr())
+        weight, bias = self.weight, self.bias
+        layout = self.input_layout
+        index = None if layout is None else layout.indices(inp, weight.device)
+        if index is None and inp == weight.shape[1]:  # a free view
+            w = weight[:out]
+        elif self._memo is not None and not torch.is_grad_enabled():
+            key = (out, inp, None if index is None else id(index))
+            w = self._memo.get(key, (weight,), _sliced_weight, weight, out, inp, index)
         else:
-            stamp = (w._version, w.data_ptr(), b._version, b.data_ptr())
-        key = (self.width, in_features)
-        return self._weight_cache.get(key, stamp, self._contiguous_weights, in_features)
+            w = _sliced_weight(weight, out, inp, index)
+        return w, None if bias is None else bias[:out]
 
     def forward(self, x: Tensor) -> Tensor:
-        if is_compiling():  # one graph for every width
+        if is_compiling() and self.input_layout is None:  # one graph for every width
             out, _ = self.active_shape(x.shape[-1])
             return sliced_linear(x, self.weight, self.bias, out)
-        if torch.is_grad_enabled():
-            weight, bias = self.active_weights(x.shape[-1])
-        else:
-            weight, bias = self._inference_weights(x.shape[-1])
+        weight, bias = self.active_weights(x.shape[-1])
         return F.linear(x, weight, bias)
 
     def to_dense(self, in_features: int) -> nn.Linear:
@@ -93,18 +96,24 @@ class _WidthLinear(WidthMixin, nn.Linear):
 
         Weights are copied: the dense layer shares no storage with this one.
         """
-        out, inp = self.active_shape(in_features)
-        dense = nn.Linear(inp, out, self.bias is not None, device="meta")
-        dense.weight = copied_prefix(self.weight, (out, inp))
-        if self.bias is not None:
-            dense.bias = copied_prefix(self.bias, (out,))
+        weight, bias = self.active_weights(in_features)
+        dense = nn.Linear(weight.shape[1], weight.shape[0], bias is not None, device="meta")
+        dense.weight = owned_copy(weight, self.weight.requires_grad)
+        if bias is not None:
+            dense.bias = owned_copy(bias, self.bias.requires_grad)
         return dense
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
         if self.fixed_in:
             s += ", fixed_in=True"
+        if self.input_layout is not None:
+            s += f", input_layout={self.input_layout!r}"
         return f"{s}, {self._width_repr()}"
+
+
+def _sliced_weight(weight: Tensor, out: int, inp: int, index: Tensor | None) -> Tensor:
+    return gather(weight[:out], 1, inp, index).contiguous()
 
 
 class SlimmableLinear(_WidthLinear):

@@ -18,7 +18,8 @@ from torch.nn.modules import module as torch_module
 
 from .base import is_compiling
 from .channels import scale_channels
-from .slicing import SliceCache, copied_prefix, stamp
+from .layout import ChannelLayout, gather
+from .slicing import SliceMemo, owned_copy
 from .width_policy import WidthList
 
 FULL_WIDTH_KEY = 1_000_000
@@ -104,6 +105,46 @@ class SwitchableBatchNorm2d(nn.Module):
             for c in self.channels_list
         )
         self._active: dict[tuple[float, int], str] = {}  # (width, channels) -> index in bn
+        self.input_layout: ChannelLayout | None = None  # set for a concatenated input
+
+    def input_channels(self, x: Tensor) -> int:
+        """How many of this layer's channels ``x`` carries."""
+        return x.shape[1]
+
+    def _width_index(self, i: int) -> Tensor | None:
+        """Where the private BN of width ``i`` sits among the full channels (None: a prefix)."""
+        layout = self.input_layout
+        if layout is None:
+            return None
+        counts = layout.counts_at(self.policy.widths[i])
+        return layout.indices(self.channels_list[i], counts=counts)
+
+    def load_dense(self, dense: nn.BatchNorm2d) -> None:
+        """Give every private BN the statistics and affine of ``dense``, a BN of the full width,
+        restricted to that width's channels (what a converted dense network starts with)."""
+        if dense.num_features != self.num_features:
+            raise ValueError(f"expected a BN of {self.num_features} channels, got {dense}")
+        with torch.no_grad():
+            for i, bn in enumerate(self.bn):
+                index, c = self._width_index(i), self.channels_list[i]
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    source, target = getattr(dense, name), getattr(bn, name)
+                    if source is not None and target is not None:
+                        target.copy_(gather(source, 0, c, index))
+                if dense.num_batches_tracked is not None and bn.num_batches_tracked is not None:
+                    bn.num_batches_tracked.copy_(dense.num_batches_tracked)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A plain nn.BatchNorm2d's state (the network before conversion) fills every width.
+        names = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+        if prefix + "running_mean" in state_dict and prefix + "bn.0.running_mean" not in state_dict:
+            plain = {n: state_dict.pop(prefix + n) for n in names if prefix + n in state_dict}
+            for i, c in enumerate(self.channels_list):
+                index = self._width_index(i)
+                for name, value in plain.items():
+                    part = value if name == "num_batches_tracked" else gather(value, 0, c, index)
+                    state_dict[f"{prefix}bn.{i}.{name}"] = part
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def active_index(self, channels: int) -> int:
         """Index of the private BN that normalizes ``channels`` channels at this width."""
@@ -162,6 +203,27 @@ class SwitchableBatchNorm2d(nn.Module):
         return f"{self.num_features}, {self.policy!r}, channels={list(self.channels_list)}"
 
 
+def _batch_norm_into(
+    x: Tensor,
+    rows: tuple[Tensor, Tensor],
+    c: int,
+    index: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    momentum: float,
+    eps: float,
+) -> Tensor:
+    """Training-mode batch norm whose running ``rows`` (mean, var) are updated in place at the
+    first ``c`` channels, or at ``index`` (a concatenation's active channels)."""
+    if index is None:
+        return F.batch_norm(x, rows[0][:c], rows[1][:c], weight, bias, True, momentum, eps)
+    mean, var = rows[0][index], rows[1][index]
+    y = F.batch_norm(x, mean, var, weight, bias, True, momentum, eps)
+    with torch.no_grad():
+        rows[0][index], rows[1][index] = mean, var
+    return y
+
+
 class USBatchNorm2d(nn.BatchNorm2d):
     """Batch normalization of a universally slimmable network.
 
@@ -195,7 +257,8 @@ class USBatchNorm2d(nn.BatchNorm2d):
         self.register_buffer("calib_mean", torch.zeros(0, num_features, **factory))
         self.register_buffer("calib_var", torch.ones(0, num_features, **factory))
         self.register_buffer("calib_batches", torch.zeros(0, dtype=torch.long, device=device))
-        self._eval_cache = SliceCache()
+        self.input_layout: ChannelLayout | None = None
+        self._eval_cache = SliceMemo()
 
     @property
     def uncalibrated(self) -> str:
@@ -266,71 +329,106 @@ class USBatchNorm2d(nn.BatchNorm2d):
             self.calib_var[slot] = packed[at + c : at + 2 * c] / count.clamp_min(1)
             self.calib_batches[slot] = count.round().long()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, *args):
         # The number of calibrated widths is data, not architecture: take the checkpoint's.
-        for name in ("calib_keys", "calib_mean", "calib_var", "calib_batches"):
+        names = ("calib_keys", "calib_mean", "calib_var", "calib_batches")
+        plain = all(prefix + name not in state_dict for name in names)
+        for name in names:
             incoming = state_dict.get(prefix + name)
             own = getattr(self, name)
             if incoming is not None and incoming.shape != own.shape:
                 setattr(self, name, own.new_empty(incoming.shape))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, *args)
+        if plain and prefix + "running_mean" in state_dict:
+            # A plain nn.BatchNorm2d's state: its statistics are those of the full width.
+            missing[:] = [k for k in missing if k not in {prefix + n for n in names}]
+            self.calibrate_full_width_from_running()
+
+    def calibrate_full_width_from_running(self) -> None:
+        """Store the running statistics as the full width's calibrated ones (and no others).
+
+        What a BN converted from a trained dense network starts with: the dense network's
+        statistics are exactly right for the full width, and no other width has any yet.
+        """
+        self.reset_calibration()
+        slot = self._new_slot(FULL_WIDTH_KEY)
+        with torch.no_grad():
+            self.calib_mean[slot] = self.running_mean
+            self.calib_var[slot] = self.running_var
+            self.calib_batches[slot] = self.num_batches_tracked
 
     # ---- forward -----------------------------------------------------------------------------
+    def input_channels(self, x: Tensor) -> int:
+        """How many of this layer's channels ``x`` carries."""
+        return x.shape[1]
+
+    def _index(self, c: int, device: torch.device) -> Tensor | None:
+        layout = self.input_layout
+        return None if layout is None else layout.indices(c, device)
+
     def forward(self, x: Tensor) -> Tensor:
         c = x.shape[1]
-        if not (self.training or self.collecting or torch.is_grad_enabled()):
-            return self._inference_forward(x, c)
         if c > self.num_features:
             raise ValueError(f"USBatchNorm2d has {self.num_features} channels, got {c}")
-        weight = self.weight[:c] if self.affine else None
-        bias = self.bias[:c] if self.affine else None
+        if not (self.training or self.collecting or torch.is_grad_enabled()):
+            return self._inference_forward(x, c)
+        index = self._index(c, x.device)
+        weight, bias = self._affine(c, index)
         if self.collecting:  # post-statistics: cumulative moving average over batches
             slot = self._slot(self.stats_key)
             if slot is None:
                 slot = self._new_slot(self.stats_key)
             seen = int(self.calib_batches[slot])
             self.calib_batches[slot] += 1
-            mean, var = self.calib_mean[slot, :c], self.calib_var[slot, :c]
-            return F.batch_norm(x, mean, var, weight, bias, True, 1.0 / (seen + 1), self.eps)
+            rows = (self.calib_mean[slot], self.calib_var[slot])
+            return _batch_norm_into(x, rows, c, index, weight, bias, 1.0 / (seen + 1), self.eps)
         if self.training:
+            if len(self.calib_keys) and not is_compiling():
+                self.reset_calibration()  # the weights are about to change: stale statistics go
             self.num_batches_tracked += 1
             momentum = self.momentum
             if momentum is None:
                 momentum = 1.0 / float(self.num_batches_tracked)
-            mean, var = self.running_mean[:c], self.running_var[:c]
-            return F.batch_norm(x, mean, var, weight, bias, True, momentum, self.eps)
+            rows = (self.running_mean, self.running_var)
+            return _batch_norm_into(x, rows, c, index, weight, bias, momentum, self.eps)
         mean, var = self.eval_statistics(c)
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
 
+    def _affine(self, c: int, index: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        if not self.affine:
+            return None, None
+        return gather(self.weight, 0, c, index), gather(self.bias, 0, c, index)
+
     def _inference_forward(self, x: Tensor, c: int) -> Tensor:
-        # The slices of this width, memoized while the tensors they come from are unchanged.
-        # (Direct dict reads: nn.Module attribute lookup would cost more than the BN itself.)
-        params, buffers = self._parameters, self._buffers
-        sources = stamp(
-            params["weight"],
-            params["bias"],
-            buffers["calib_mean"],
-            buffers["calib_var"],
-            buffers["running_mean"],
-        )
+        index = self._index(c, x.device)
+        weight, bias = self.weight, self.bias
+        if index is not None:  # gathered copies of a concatenation's channels: never memoized
+            mean, var = self.eval_statistics(c, index)
+            w, b = self._affine(c, index)
+            return F.batch_norm(x, mean, var, w, b, False, 0.0, self.eps)
+        # Views of the current tensors (finding the width's row is what costs), memoized while
+        # those are the same objects at the same storage: they cannot go stale.
+        buffers = self._buffers
+        sources = (buffers["calib_mean"], buffers["calib_var"], buffers["running_mean"])
+        if weight is not None:
+            sources += (weight, bias)
         key = (self.stats_key, c, self._uncalibrated)
-        weight, bias, mean, var = self._eval_cache.get(key, sources, self._eval_tensors, c)
-        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
+        w, b, mean, var = self._eval_cache.get(key, sources, self._eval_tensors, c)
+        return F.batch_norm(x, mean, var, w, b, False, 0.0, self.eps)
 
     def _eval_tensors(self, c: int) -> tuple:
-        if c > self.num_features:
-            raise ValueError(f"USBatchNorm2d has {self.num_features} channels, got {c}")
-        weight = self.weight[:c] if self.affine else None
-        bias = self.bias[:c] if self.affine else None
-        return (weight, bias, *self.eval_statistics(c))
+        return (*self._affine(c, None), *self.eval_statistics(c))
 
-    def eval_statistics(self, channels: int) -> tuple[Tensor, Tensor]:
-        """``(mean, var)`` used in eval mode at the current width for this many channels."""
+    def eval_statistics(self, channels: int, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(mean, var)`` used in eval mode at the current width for this many channels
+        (at ``index`` among the full channels, for a concatenated input)."""
         slot = self._slot(self.stats_key)
         if slot is not None:
-            return self.calib_mean[slot, :channels], self.calib_var[slot, :channels]
+            mean, var = self.calib_mean[slot], self.calib_var[slot]
+            return gather(mean, 0, channels, index), gather(var, 0, channels, index)
         if self.uncalibrated == "running":
-            return self.running_mean[:channels], self.running_var[:channels]
+            mean, var = self.running_mean, self.running_var
+            return gather(mean, 0, channels, index), gather(var, 0, channels, index)
         done = ", ".join(describe_key(k) for k in self.calibrated_keys()) or "none"
         raise RuntimeError(
             f"width {describe_key(self.stats_key)} has no calibrated BN statistics "
@@ -345,13 +443,15 @@ class USBatchNorm2d(nn.BatchNorm2d):
         """
         if in_channels > self.num_features:
             raise ValueError(f"USBatchNorm2d has {self.num_features} channels, got {in_channels}")
-        mean, var = self.eval_statistics(in_channels)
+        index = self._index(in_channels, self.calib_mean.device)
+        mean, var = self.eval_statistics(in_channels, index)
         dense = nn.BatchNorm2d(
             in_channels, self.eps, self.momentum, self.affine, True, device="meta"
         )
         if self.affine:
-            dense.weight = copied_prefix(self.weight, (in_channels,))
-            dense.bias = copied_prefix(self.bias, (in_channels,))
+            weight, bias = self._affine(in_channels, index)
+            dense.weight = owned_copy(weight, self.weight.requires_grad)  # type: ignore[arg-type]
+            dense.bias = owned_copy(bias, self.bias.requires_grad)  # type: ignore[arg-type]
         dense.running_mean = mean.detach().clone()
         dense.running_var = var.detach().clone()
         slot = self._slot(self.stats_key)
@@ -361,5 +461,102 @@ class USBatchNorm2d(nn.BatchNorm2d):
 
     def extra_repr(self) -> str:
         keys = self.calibrated_keys()
+        if self.input_layout is not None:
+            return f"{super().extra_repr()}, input_layout={self.input_layout!r}, calibrated=..."
         shown = ", ".join(describe_key(k) for k in keys[:6]) + (", ..." if len(keys) > 6 else "")
         return f"{super().extra_repr()}, calibrated=[{shown}]"
+
+
+class SlimmableLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the channels in the last dimension (channels-last blocks, e.g.
+    ConvNeXt): normalizes however many channels run, with the leading slice of its affine."""
+
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int],
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype)
+        if len(self.normalized_shape) != 1:
+            raise ValueError("SlimmableLayerNorm normalizes one (channel) dimension")
+        self.input_layout: ChannelLayout | None = None
+
+    def input_channels(self, x: Tensor) -> int:
+        return x.shape[-1]
+
+    def _affine(self, c: int, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+        layout = self.input_layout
+        index = None if layout is None else layout.indices(c, device)
+        weight, bias = self.weight, self.bias
+        return (
+            None if weight is None else gather(weight, 0, c, index),
+            None if bias is None else gather(bias, 0, c, index),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = x.shape[-1]
+        if c > self.normalized_shape[0]:
+            raise ValueError(f"{self} got {c} channels")
+        weight, bias = self._affine(c, x.device)
+        return F.layer_norm(x, (c,), weight, bias, self.eps)
+
+    def to_dense(self, in_channels: int) -> nn.LayerNorm:
+        """A plain ``nn.LayerNorm`` over ``in_channels`` channels, with copied affine."""
+        weight, bias = self._affine(in_channels, torch.device("cpu"))
+        dense = nn.LayerNorm(
+            in_channels, self.eps, weight is not None, bias is not None, device="meta"
+        )
+        if weight is not None:
+            dense.weight = owned_copy(weight, self.weight.requires_grad)
+        if bias is not None:
+            dense.bias = owned_copy(bias, self.bias.requires_grad)
+        return dense
+
+
+class SlimmableGroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` whose groups keep their size: a smaller width runs the first groups.
+
+    With ``num_groups`` groups of ``num_channels / num_groups`` channels, ``c`` active channels
+    form ``c / (num_channels / num_groups)`` groups (``c`` must fill whole groups), so each
+    group is normalized exactly as in the full network. One group (a layer norm over C, H, W)
+    stays one group.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.input_layout = None  # concatenated inputs are not supported
+
+    def input_channels(self, x: Tensor) -> int:
+        return x.shape[1]
+
+    def active_groups(self, channels: int) -> int:
+        """Groups that ``channels`` active channels form."""
+        if self.num_groups == 1:
+            return 1
+        per = self.num_channels // self.num_groups
+        if channels % per or channels > self.num_channels:
+            raise ValueError(
+                f"{self} got {channels} channels, which do not fill whole groups of {per}"
+            )
+        return channels // per
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = x.shape[1]
+        weight, bias = self.weight, self.bias
+        weight = None if weight is None else weight[:c]
+        bias = None if bias is None else bias[:c]
+        return F.group_norm(x, self.active_groups(c), weight, bias, self.eps)
+
+    def to_dense(self, in_channels: int) -> nn.GroupNorm:
+        """A plain ``nn.GroupNorm`` over ``in_channels`` channels, with copied affine."""
+        dense = nn.GroupNorm(
+            self.active_groups(in_channels), in_channels, self.eps, self.affine, device="meta"
+        )
+        if self.affine:
+            dense.weight = owned_copy(self.weight[:in_channels], self.weight.requires_grad)
+            dense.bias = owned_copy(self.bias[:in_channels], self.bias.requires_grad)
+        return dense

@@ -1,18 +1,22 @@
-"""Inference-time memo of the tensors a layer derives from its shared weights.
+"""Weight slices: what a layer computes with at a width, and the memo a frozen model keeps.
 
-A prefix slice along the first dimension of a weight is a free view; a slice along the input
-dimension is not contiguous, and convolution kernels copy it on every call. Under ``no_grad``
-(inference, calibration) a layer keeps what it derived for a width -- contiguous weight slices,
-the BN statistics of that width -- keyed by the width and the input channels, and valid while
-the source tensors are unchanged (same storage, same version counter: an optimizer step, a
-``load_state_dict`` or ``.to()`` invalidates it). A forward at a width then costs what the dense
-layer costs, and switching back to a width already used is free.
+A leading slice of a weight along its output channels is a free view; a slice along its input
+channels is not contiguous, and a convolution copies it on every call. At batch 1 that copy costs
+as much as a small layer, so a model that is about to serve requests can be *frozen*
+(:func:`freeze`): its layers then memoize the contiguous slices of each width they run at. The
+memo is only ever used while frozen and with gradients off, and an entry is only reused while
+its source is the very same tensor, at the same storage and version counter. Freezing also
+makes every read of ``param.data`` bump the parameter's version counter (its class is swapped
+for :class:`_WatchedParameter` until the model is thawed), so the one write path that version
+counters miss, ``param.data.mul_(...)``, refreshes the memo too. Outside a frozen block nothing
+is memoized: a layer always computes with its current weights.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from types import TracebackType
 from typing import TypeVar
 
 import torch
@@ -21,37 +25,26 @@ from torch import Tensor, nn
 T = TypeVar("T")
 
 
-def stamp(*sources: Tensor | None) -> tuple:
-    """What identifies the state of ``sources``: each one's version counter and storage address.
-
-    An in-place update bumps the version; ``.to()``, ``.data =`` or a new parameter changes the
-    address. ``None`` (e.g. no bias) stamps as ``None``.
-    """
-    return tuple(None if t is None else (t._version, t.data_ptr()) for t in sources)
-
-
-class SliceCache:
-    """A small LRU of derived tensors, each valid while its source tensors are unchanged.
-
-    The caller passes the sources' :func:`stamp` (hot layers build it inline, which is cheaper
-    than the generic helper) and how to build the value on a miss; a hit costs a dict lookup and
-    a tuple comparison.
-    """
+class SliceMemo:
+    """A small LRU of tensors derived from source tensors, each valid while its sources are
+    the same objects at the same storage and version."""
 
     def __init__(self, max_entries: int = 8) -> None:
         self.max_entries = max_entries
         self._entries: OrderedDict[Hashable, tuple[tuple, object]] = OrderedDict()
 
-    def get(self, key: Hashable, source_stamp: tuple, build: Callable[..., T], *args: object) -> T:
-        """The value cached for ``key`` if its sources' stamp is unchanged, else a new one."""
+    def get(
+        self, key: Hashable, sources: tuple[Tensor, ...], build: Callable[..., T], *args: object
+    ) -> T:
+        """The value memoized for ``key`` if its sources are unchanged, else ``build(*args)``."""
         entries = self._entries
         hit = entries.get(key)
-        if hit is not None and hit[0] == source_stamp:
+        if hit is not None and _unchanged(hit[0], sources):
             if len(entries) > 1:
                 entries.move_to_end(key)
             return hit[1]  # type: ignore[return-value]
         value = build(*args)
-        entries[key] = (source_stamp, value)
+        entries[key] = (tuple((t, t._version, t.data_ptr()) for t in sources), value)
         while len(entries) > self.max_entries:
             entries.popitem(last=False)
         return value
@@ -62,9 +55,9 @@ class SliceCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    # A cache is derived state: copies of a module start empty instead of cloning tensors.
-    def __deepcopy__(self, memo: dict) -> SliceCache:
-        return SliceCache(self.max_entries)
+    # A memo is derived state: copies of a module start empty instead of cloning tensors.
+    def __deepcopy__(self, memo: dict) -> SliceMemo:
+        return SliceMemo(self.max_entries)
 
     def __getstate__(self) -> dict:
         return {"max_entries": self.max_entries}
@@ -73,12 +66,107 @@ class SliceCache:
         self.__init__(state["max_entries"])
 
 
-def copied_prefix(param: Tensor, sizes: tuple[int, ...]) -> nn.Parameter:
-    """A new parameter holding a contiguous copy of ``param[:sizes[0], :sizes[1], ...]``.
+def _unchanged(stamp: tuple, sources: tuple[Tensor, ...]) -> bool:
+    # The memo holds each source, so no other tensor can take its address meanwhile.
+    for (t, version, ptr), s in zip(stamp, sources, strict=True):
+        if s is not t or s._version != version or s.data_ptr() != ptr:
+            return False
+    return True
 
-    What a dense layer extracted from a slimmable one owns: no storage is shared with ``param``.
+
+def owned_copy(t: Tensor, requires_grad: bool) -> nn.Parameter:
+    """A parameter holding a contiguous copy of ``t`` (sharing no storage with it)."""
+    data = t.detach().clone(memory_format=torch.contiguous_format)
+    return nn.Parameter(data, requires_grad=requires_grad)
+
+
+# ---- freezing ----------------------------------------------------------------------------------
+class _WatchedParameter(nn.Parameter):
+    """A parameter of a frozen model: reading ``.data`` counts as a write (bumps the version)."""
+
+    @property
+    def data(self) -> Tensor:  # type: ignore[override]
+        torch.autograd.graph.increment_version(self)
+        return _DATA.__get__(self)
+
+    @data.setter
+    def data(self, value: Tensor) -> None:
+        _DATA.__set__(self, value)
+
+    def _plain(self) -> nn.Parameter:
+        return nn.Parameter(_DATA.__get__(self), self.requires_grad)
+
+    def __deepcopy__(self, memo: dict) -> nn.Parameter:
+        copy = self._plain()
+        copy.data = copy.data.clone()
+        memo[id(self)] = copy
+        return copy
+
+    def __reduce_ex__(self, proto):  # pickles (and copies) as a plain parameter
+        return self._plain().__reduce_ex__(proto)
+
+
+_DATA = nn.Parameter.data  # torch's own descriptor of Tensor.data
+
+
+def _memo_layers(model: nn.Module) -> Iterator[nn.Module]:
+    for m in model.modules():
+        if hasattr(m, "_memo"):
+            yield m
+
+
+class Frozen:
+    """Returned by :func:`freeze`; as a context manager it thaws the model on exit."""
+
+    def __init__(self, model: nn.Module, layers: list[nn.Module], watched: list[nn.Parameter]):
+        self._model, self._layers, self._watched = model, layers, watched
+
+    def thaw(self) -> None:
+        """Drop the memos and give the parameters back their own class."""
+        for m in self._layers:
+            m._memo = None
+        for p in self._watched:
+            if type(p) is _WatchedParameter:
+                p.__class__ = nn.Parameter
+        self._layers, self._watched = [], []
+
+    def __enter__(self) -> nn.Module:
+        return self._model
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.thaw()
+
+
+def freeze(model: nn.Module) -> Frozen:
+    """Let ``model``'s layers memoize their weight slices at each width (inference speed).
+
+    For serving and latency measurement: with gradients off, a width's contiguous weight
+    slices are computed once and reused while the weights stay the same tensors at the same
+    version (an optimizer step, ``load_state_dict``, ``.to()``, an in-place op, ``.data =`` and
+    any read of ``.data`` all refresh them). Use it plainly (``freeze(model)``, later
+    ``.thaw()``) or as ``with slimmable.freeze(model): ...``. A write that bypasses torch
+    entirely (through a NumPy view of a weight) is the one change a frozen model cannot see.
     """
-    data = param.detach()[tuple(slice(0, s) for s in sizes)].clone(
-        memory_format=torch.contiguous_format
-    )
-    return nn.Parameter(data, requires_grad=param.requires_grad)
+    layers = [m for m in _memo_layers(model) if m._memo is None]
+    watched = []
+    for m in layers:
+        m._memo = SliceMemo()
+        for p in m.parameters(recurse=False):
+            if type(p) is nn.Parameter:
+                p.__class__ = _WatchedParameter
+                watched.append(p)
+    return Frozen(model, layers, watched)
+
+
+def is_frozen(model: nn.Module) -> bool:
+    """Whether every memoizing layer of ``model`` is frozen (see :func:`freeze`)."""
+    layers = list(_memo_layers(model))
+    return bool(layers) and all(m._memo is not None for m in layers)
+
+
+__all__ = ["Frozen", "SliceMemo", "freeze", "is_frozen", "owned_copy"]

@@ -45,21 +45,6 @@ default_cfgs = {
 }
 
 
-class ChannelShuffle(nn.Module):
-    """Interleave the channels of ``groups`` groups (the "shuffle" of ShuffleNet)."""
-
-    def __init__(self, groups: int) -> None:
-        super().__init__()
-        self.groups = groups
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        return x.view(b, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(b, c, h, w)
-
-    def extra_repr(self) -> str:
-        return f"groups={self.groups}"
-
-
 def _split(x: Tensor, groups: int) -> tuple[Tensor, ...]:
     if x.shape[1] % groups:
         raise ValueError(f"{x.shape[1]} channels do not split into {groups} groups")
@@ -108,7 +93,7 @@ class ShuffleUnit(nn.Module):
             for _ in range(groups)
         )
         self.b = nn.Sequential(
-            ChannelShuffle(groups),
+            nn.ChannelShuffle(groups),  # torch's own: extracted networks need nothing else
             kit.conv(max(mid), max(mid), 3, stride, depthwise=True),
             kit.bn(max(mid), channels_list=mid),
         )

@@ -19,6 +19,7 @@ from torch import nn
 from ..layers.base import WidthMixin
 from ..layers.width_policy import WidthList
 from ..width import WidthSetting, set_width, width_knobs
+from ..width import channel_groups as tied_layers
 
 
 def width_for_channels(layer: WidthMixin, channels: int) -> float | None:
@@ -134,8 +135,7 @@ def channel_groups(model: nn.Module) -> list[ChannelGroup]:
             f"{type(model).__name__} has no layers that choose their channels; "
             "build it from slimmable layers (slimmable.models.make_kit)"
         )
-    declared = getattr(model, "channel_groups", None)
-    tied = [list(g) for g in declared()] if callable(declared) else []
+    tied = tied_layers(model)
     owner: dict[str, int] = {}
     for i, group in enumerate(tied):
         for name in group:

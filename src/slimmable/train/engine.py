@@ -17,7 +17,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +31,21 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..compile import compile_slimmable
-from ..config import Config, as_config, save_config
+from ..config import Config, as_config, is_factory, save_config
 from ..data import DataInfo
 from ..data.loader import eval_loader, steps_per_epoch, train_loader
+from ..export import output_tensors
 from ..models import create_model, list_models, model_factory
 from ..profile import MacsCounter
-from ..run import CHECKPOINT, RunData, calibration_data, eval_widths, run_datasets
+from ..run import (
+    CHECKPOINT,
+    RunData,
+    build_model_from_spec,
+    calibration_data,
+    eval_widths,
+    example_batch,
+    run_datasets,
+)
 from ..tasks import Classification, Segmentation, task_for
 from ..width import Width, set_width, width_choices
 from . import distributed as ddp
@@ -96,9 +105,57 @@ def resolve_model_name(name: str, mode: str) -> str:
     return name
 
 
-def build_model(cfg: Config, info: DataInfo) -> tuple[nn.Module, dict[str, Any]]:
-    """The model of ``cfg`` for data set ``info``, and its checkpoint spec ``{name, kwargs}``."""
+def factory_spec(cfg: Config, info: DataInfo, input_size: Sequence[int]) -> dict[str, Any]:
+    """The checkpoint spec of a model from a factory, converted as the mode trains it: an S-Net
+    (``model.widths``, default the quarters; naive: one shared BN) or a US-Net
+    (``model.width_range``, default [0.25, 1])."""
     mode, m = cfg.train.mode, cfg.model
+    kwargs: dict[str, Any] = dict(m.kwargs)
+    if m.num_classes is not None:
+        kwargs["num_classes"] = m.num_classes
+    options: dict[str, Any] = {
+        "divisor": cfg.convert.divisor,
+        "fixed": list(cfg.convert.fixed),
+        "input_size": list(cfg.convert.input_size or input_size),
+    }
+    if mode == "universal":
+        options["width_range"] = [float(w) for w in (m.width_range or (0.25, 1.0))]
+    else:
+        if mode == "individual" and (m.widths is None or len(m.widths) != 1):
+            raise ValueError(
+                "train.mode=individual trains one width alone: set model.widths to one width, "
+                "e.g. --set model.widths=[0.5] (one run per width)"
+            )
+        options["widths"] = [float(w) for w in (m.widths or (0.25, 0.5, 0.75, 1.0))]
+        options["norm"] = "shared" if mode == "naive" else "switchable"
+    return {"name": m.name, "kwargs": kwargs, "convert": options}
+
+
+def _check_classes(model: nn.Module, spec: Mapping[str, Any], info: DataInfo) -> None:
+    """A factory's classifier must have the data set's classes (else labels run past it)."""
+    with torch.no_grad():
+        out = next(output_tensors(model(example_batch(spec["convert"]["input_size"]))), None)
+    if out is not None and out.dim() == 2 and out.shape[1] != info.num_classes:
+        raise ValueError(
+            f"model {spec['name']!r} outputs {out.shape[1]} classes, the data set has "
+            f"{info.num_classes}; set model.num_classes={info.num_classes} (passed to the factory "
+            "as num_classes) or the factory's own argument in model.kwargs"
+        )
+
+
+def build_model(
+    cfg: Config, info: DataInfo, input_size: Sequence[int] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of ``cfg`` for data set ``info``, and its checkpoint spec ``{name, kwargs}``
+    (``input_size``: the data's ``(C, H, W)``, which a factory's model is converted at)."""
+    mode, m = cfg.train.mode, cfg.model
+    if is_factory(m.name):
+        if input_size is None:
+            raise ValueError("a model from a factory needs the input size it is converted at")
+        spec = factory_spec(cfg, info, input_size)
+        model = build_model_from_spec(spec)
+        _check_classes(model, spec, info)
+        return model, spec
     name = resolve_model_name(m.name, mode)
     kwargs: dict[str, Any] = dict(m.kwargs)
     kwargs["num_classes"] = m.num_classes if m.num_classes is not None else info.num_classes
@@ -211,9 +268,10 @@ def build(cfg: Config, world: World) -> Setup:
     tc = cfg.train
     seed_everything(tc.seed)
     data = run_datasets(cfg)
-    model, spec = build_model(cfg, data.info)
-    task = task_for(data.info, spec["kwargs"]["num_classes"])
-    check_labels(data, spec["kwargs"]["num_classes"])
+    model, spec = build_model(cfg, data.info, tuple(data.train[0][0].shape))
+    num_classes = spec["kwargs"].get("num_classes", data.info.num_classes)
+    task = task_for(data.info, num_classes)
+    check_labels(data, num_classes)
     model.to(world.device)
     if tc.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..width import Width, width_bounds, width_choices, width_knobs
+from ..width import Width, channel_groups, width_bounds, width_choices, width_knobs
 
 
 def _uniform(lo: float, hi: float, generator: torch.Generator) -> float:
@@ -57,8 +57,7 @@ class WidthSampler:
         knobs = list(width_knobs(model))
         groups: list[list[str]] = []
         tied: set[str] = set()
-        declared = getattr(model, "channel_groups", None)
-        for group in declared() if declared is not None else []:
+        for group in channel_groups(model):
             members = [name for name in group if name in knobs]
             if members:
                 groups.append(members)
