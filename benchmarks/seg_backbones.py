@@ -6,9 +6,9 @@ width than individually trained ones. Here every network is trained on the segme
 (``configs/seg_digits.yaml``: digit canvases, a small-CNN backbone and a light FPN head), over
 several seeds:
 
-- ``slimmable``: one S-Net at the recipe's evaluation widths (switchable BN, every width each
-  step, in-place distillation as in the recipe);
-- ``universal``: the recipe itself (US-Net, sandwich rule, calibrated BN);
+- ``slimmable``: one S-Net at ``WIDTHS`` (switchable BN, every width each step, in-place
+  distillation as in the recipe);
+- ``universal``: the recipe itself (US-Net over the same range, sandwich rule, calibrated BN);
 - ``individual_<w>``: one network per width, trained alone.
 
 It writes the mean and spread (sample std over seeds) of mIoU per width as a table and a plot
@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs/seg_digits.yaml"
 START, END = "<!-- seg_backbones:start -->", "<!-- seg_backbones:end -->"
 QUICK_HOLDOUT = 5600  # --quick trains on 400 of the 6,000 training canvases
+WIDTHS = [0.6, 0.8, 1.0]  # the recipe's range: its ends and a width between
 
 
 def plan(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], list[float]]:
@@ -46,14 +47,14 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], list[floa
     from slimmable.config import load_config
 
     base = load_config(RECIPE).to_dict()
-    widths = sorted(float(w) for w in base["eval"]["widths"])
+    widths = list(WIDTHS)
     base["train"].update(progress=False, threads=1)
     if args.epochs is not None:
         base["train"]["epochs"] = args.epochs
     if args.quick:
         base["data"]["holdout"] = QUICK_HOLDOUT
         base["calibrate"]["images"] = 256
-    base["eval"]["every"] = 0
+    base["eval"].update(every=0, widths=widths)
     runs: dict[str, dict[str, Any]] = {}
     for seed in args.seeds:
 

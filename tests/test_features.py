@@ -254,3 +254,37 @@ def test_slimmable_neck_slims_with_the_backbone() -> None:
     fixed = FPN.slimmable(kit, backbone.feature_info.full_channels(), 32, fixed_out=True)
     slimmable.set_width(fixed, 0.25)
     assert [o.shape[1] for o in fixed(backbone(x))] == [32] * 3
+
+
+class PlainResNet(nn.Module):
+    """A user's plain torch network: what slimmable.convert takes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.layer1 = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16))
+        self.down = nn.Sequential(nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        x = torch.relu(x + self.layer1(x))
+        return self.fc(self.down(x).mean((2, 3)))
+
+
+def test_a_converted_model_is_a_backbone_by_its_own_names() -> None:
+    x = torch.randn(2, 3, 32, 32)
+    model = slimmable.convert(PlainResNet(), x, widths=[0.5, 1.0])
+    backbone = FeatureExtractor(model, stages=["stem", "down"], input_size=(3, 32, 32))
+    assert ["body.stem.0", "body.layer1.0"] in backbone.channel_groups()  # the residual sum
+    slimmable.set_width(backbone, 0.5)
+    assert backbone.feature_info.channels() == [8, 16]
+    backbone.eval()
+    with torch.no_grad():
+        ref = backbone(x)
+    assert [f.shape[1] for f in ref] == [8, 16]
+    net = extract_subnet(backbone, 0.5, input_size=(3, 32, 32))
+    assert slimmable_leftovers(net) == []
+    with torch.no_grad():
+        for a, b in zip(net(x), ref, strict=True):
+            torch.testing.assert_close(a, b)

