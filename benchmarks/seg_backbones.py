@@ -61,7 +61,9 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], list[floa
         def add(name: str, mode: str, model: dict[str, Any], seed: int = seed) -> None:
             cfg = json.loads(json.dumps(base))
             cfg["train"].update(mode=mode, seed=seed)
-            cfg["model"].update(widths=None, width_range=None, **model)
+            cfg["model"].update({"widths": None, "width_range": None, **model})
+            if mode == "individual":
+                cfg["eval"]["widths"] = model["widths"]
             runs[f"{name}_s{seed}"] = cfg
 
         add("universal", "universal", {"width_range": [widths[0], widths[-1]]})
@@ -174,13 +176,13 @@ def report(args, runs_dir: Path, widths: list[float], result: dict, image: Path)
     for w in widths:
         ind = mean_std(data["individual"][w])[0]
         rows.append(
-            f"| {w:g} | {pm(data['individual'][w])} | {pm(data['slimmable'][w])} "
+            f"| {w:.1f} | {pm(data['individual'][w])} | {pm(data['slimmable'][w])} "
             f"({mean_std(data['slimmable'][w])[0] - ind:+.1f}) | {pm(data['universal'][w])} "
             f"({mean_std(data['universal'][w])[0] - ind:+.1f}) |"
         )
     lines = [
-        f"mIoU (%) on the test canvases, mean ± std over {len(args.seeds)} seeds "
-        f"({', '.join(map(str, args.seeds))}); in brackets, the difference of the means to the "
+        f"mIoU (%) on the test canvases, mean ± std over seeds "
+        f"{', '.join(map(str, args.seeds))}; in brackets, the difference of the means to the "
         "individual networks':",
         "",
         "| width | individual | S-Net backbone | US-Net backbone |",
@@ -190,6 +192,13 @@ def report(args, runs_dir: Path, widths: list[float], result: dict, image: Path)
         f"![mIoU per width]({os.path.relpath(image, args.report.parent)})",
         "",
     ]
+    if len(args.seeds) < 2:
+        lines += [
+            "One seed gives no spread to judge a difference by: this is a smoke check, not a "
+            "verdict on the paper's claim.",
+            "",
+        ]
+        return "\n".join([*lines, _footer(args, widths, seconds)])
     said = []
     for kind, label in (("slimmable", "The S-Net"), ("universal", "The US-Net")):
         better, worse, tied = verdict(data, widths, kind)
@@ -208,17 +217,22 @@ def report(args, runs_dir: Path, widths: list[float], result: dict, image: Path)
         else "**The paper's claim does not reproduce at every width here**"
     )
     lines += [
-        f"{claim} ({' '.join(said)}) A difference counts when the means differ by more than "
+        f"{claim}. {' '.join(said)} A difference counts when the means differ by more than "
         "the larger of the two standard deviations.",
         "",
-        f"Training time per seed (one core, `nice -n 10`, shared machine): S-Net "
-        f"{np.nanmean(seconds['slimmable']):.0f} s, US-Net {np.nanmean(seconds['universal']):.0f}"
-        f" s, the {len(widths)} individual networks {np.nanmean(seconds['individual']):.0f} s "
-        "together.",
-        "",
-        f"Made by `{args.command}` ({time.strftime('%Y-%m-%d')}; runs in `{args.runs_label}`).",
+        _footer(args, widths, seconds),
     ]
     return "\n".join(lines)
+
+
+def _footer(args, widths: Sequence[float], seconds: dict) -> str:
+    return (
+        f"Training time per seed (one thread per run, {args.workers} runs at once, on the shared "
+        f"machine): S-Net {np.nanmean(seconds['slimmable']):.0f} s, US-Net "
+        f"{np.nanmean(seconds['universal']):.0f} s, the {len(widths)} individual networks "
+        f"{np.nanmean(seconds['individual']):.0f} s together. Made by `{args.command}` "
+        f"({time.strftime('%Y-%m-%d')}; runs in `{args.runs_label}`)."
+    )
 
 
 def plot(widths: list[float], data: dict, path: Path) -> None:
