@@ -99,6 +99,11 @@ def test_eval_and_export_commands_on_a_segmentation_run(tmp_path, voc, capsys) -
     assert "verified" in capsys.readouterr().out
     assert main(["select", str(run), "--max-macs", "1G"]) == 0
     assert "mIoU" in capsys.readouterr().out
+    png = tmp_path / "modes.png"
+    assert main(["plot", str(run), "--out", str(png)]) == 0  # plots mIoU: no top-1 here
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["search", str(run), "--targets", "50%"]) == 2
+    assert "scores classification accuracy" in capsys.readouterr().err
 
 
 def test_per_pixel_distillation_leaves_out_ignored_pixels() -> None:

@@ -116,7 +116,7 @@ def load_run(run: str | Path) -> tuple[str, list[dict]]:
 
 
 def plot_runs(
-    runs: Sequence[str | Path], path: str | Path, *, metric: str = "top1", by: str = "mode"
+    runs: Sequence[str | Path], path: str | Path, *, metric: str | None = None, by: str = "mode"
 ) -> Path:
     """Plot several runs; with ``by="mode"`` runs of one training mode join into one line.
 
@@ -129,4 +129,7 @@ def plot_runs(
         if by == "run":
             label = Path(run).name if Path(run).is_dir() else Path(run).parent.name
         lines.setdefault(label, []).extend(rows)
+    if metric is None:  # segmentation runs report mIoU, classification runs top-1
+        every = [r for rows in lines.values() for r in rows]
+        metric = "miou" if every and all("miou" in r for r in every) else "top1"
     return plot_accuracy(lines, path, metric=metric)
