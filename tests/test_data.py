@@ -625,7 +625,8 @@ def test_imagefolder_errors(tmp_path, image_tree):
 
 
 def test_build_datasets_argument_errors():
-    assert set(DATASETS) == {"digits", "mnist5k", "npz", "cifar10", "cifar100", "imagefolder"}
+    classification = {"digits", "mnist5k", "npz", "cifar10", "cifar100", "imagefolder"}
+    assert set(DATASETS) == classification | {"seg_mnist5k", "seg_digits", "voc"}
     one_line_error(ValueError, "unknown data set 'mnist'; choose one of digits", "mnist")
     one_line_error(ValueError, "augment must be one of standard, none", "digits", augment="x")
     one_line_error(ValueError, "takes no data.path", "digits", "/data")

@@ -23,6 +23,7 @@ _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 MODES = ("slimmable", "universal", "naive", "individual", "incremental")
 SCHEDULES = ("multistep", "exponential", "linear", "cosine")
 AMP = ("none", "bf16", "fp16")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass
@@ -61,6 +62,7 @@ class TrainConfig:
     epochs: int = 10  # incremental: epochs per width
     batch_size: int = 64
     lr: float = 0.1
+    optimizer: str = "sgd"  # "sgd" (the papers'), or "adamw" (momentum is its beta1)
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4  # not applied to depthwise convs, BN and biases
@@ -267,6 +269,7 @@ def _validate(cfg: Config) -> Config:
         "train.mode": (t.mode, MODES),
         "train.schedule": (t.schedule, SCHEDULES),
         "train.amp": (t.amp, AMP),
+        "train.optimizer": (t.optimizer, OPTIMIZERS),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

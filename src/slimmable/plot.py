@@ -9,6 +9,12 @@ from pathlib import Path
 import yaml
 
 MIN_SPAN = 5.0  # accuracy points the y axis always shows: a 1-point spread stays small
+METRICS = {  # a result row's key: its axis label
+    "top1": "top-1 accuracy",
+    "top5": "top-5 accuracy",
+    "miou": "mIoU",
+    "pixel_acc": "pixel accuracy",
+}
 
 
 def plot_accuracy(
@@ -29,8 +35,8 @@ def plot_accuracy(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if metric not in ("top1", "top5"):
-        raise ValueError(f"metric must be 'top1' or 'top5', got {metric!r}")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     try:
         draw_accuracy(ax, runs, metric=metric, title=title)
@@ -59,7 +65,7 @@ def draw_accuracy(
         for r, xi, yi in zip(rows, x, y, strict=True):
             labelled.append(("map" if r["width"] is None else f"{r['width']:g}", (xi, yi)))
     ax.set_xlabel("MACs (millions)")
-    ax.set_ylabel(f"{'top-1' if metric == 'top1' else 'top-5'} accuracy (%)")
+    ax.set_ylabel(f"{METRICS[metric]} (%)")
     ax.set_title(title or "accuracy against cost, per width")
     ax.grid(True, alpha=0.3)
     if len(runs) > 1:
@@ -110,7 +116,7 @@ def load_run(run: str | Path) -> tuple[str, list[dict]]:
 
 
 def plot_runs(
-    runs: Sequence[str | Path], path: str | Path, *, metric: str = "top1", by: str = "mode"
+    runs: Sequence[str | Path], path: str | Path, *, metric: str | None = None, by: str = "mode"
 ) -> Path:
     """Plot several runs; with ``by="mode"`` runs of one training mode join into one line.
 
@@ -123,4 +129,7 @@ def plot_runs(
         if by == "run":
             label = Path(run).name if Path(run).is_dir() else Path(run).parent.name
         lines.setdefault(label, []).extend(rows)
+    if metric is None:  # segmentation runs report mIoU, classification runs top-1
+        every = [r for rows in lines.values() for r in rows]
+        metric = "miou" if every and all("miou" in r for r in every) else "top1"
     return plot_accuracy(lines, path, metric=metric)

@@ -31,6 +31,7 @@ from .config import Config, config_from_dict
 from .data import DataInfo, build_datasets
 from .data.loader import CalibrationBatches, calibration_batches, holdout_split
 from .models import create_model
+from .tasks import Classification, Segmentation, task_for
 from .width import Width, network_key, width_bounds, width_choices
 from .widthspec import WidthSpec, parse_widths
 
@@ -251,6 +252,12 @@ class Run:
             info = self.data.info
             return (info.in_chans, info.image_size, info.image_size)
         return None
+
+    @property
+    def task(self) -> Classification | Segmentation:
+        """What the run learned (classification or segmentation): how it is evaluated."""
+        kwargs = (self.checkpoint.get("model") or {}).get("kwargs") or {}
+        return task_for(self.data.info, kwargs.get("num_classes"))
 
     def eval_widths(self) -> list[Width]:
         return eval_widths(self.config, self.model)

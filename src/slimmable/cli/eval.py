@@ -43,7 +43,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..calibrate import is_calibrated
     from ..data.loader import eval_loader
-    from ..evaluate import evaluate, format_table, json_report
     from ..plot import plot_accuracy
     from ..width import set_uncalibrated, width_choices
 
@@ -60,13 +59,15 @@ def run(args: argparse.Namespace) -> int:
             set_uncalibrated(model, "running")
     test = run_.data.test
     loader = eval_loader(test, args.batch_size or cfg.eval.batch_size, workers=cfg.data.workers)
-    results = evaluate(model, loader, widths, input_size=run_.input_size, progress=progress)
+    task = run_.task  # classification (top-1 / top-5) or segmentation (mIoU, pixel accuracy)
+    results = task.evaluate(model, loader, widths, input_size=run_.input_size, progress=progress)
     if args.json:
-        print(json.dumps(json_report(results), indent=2))
+        print(json.dumps(task.report(results), indent=2))
     else:
-        print(format_table(results))
+        print(task.table(results))
     if args.plot:
         label = "official" if run_.path is None else cfg.train.mode
-        plot_accuracy({label: results}, args.plot, title=f"{run_.name} ({label})")
+        title = f"{run_.name} ({label})"
+        plot_accuracy({label: results}, args.plot, metric=task.metric, title=title)
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0

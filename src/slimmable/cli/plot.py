@@ -16,7 +16,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("runs", nargs="+", help="run folders (or eval.json files)")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--metric", choices=("top1", "top5"), default="top1")
+    p.add_argument(
+        "--metric", choices=("top1", "top5", "miou", "pixel_acc"),
+        help="what to plot (default: top1, or miou for segmentation runs)",
+    )  # fmt: skip
     p.add_argument(
         "--by", choices=("mode", "run"), default="mode", help="one line per mode or per run"
     )

@@ -99,6 +99,11 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} exists; give --overwrite to replace it, or another --out")
     run_ = open_run(args)
+    if run_.has_data and run_.task.name != "classification":
+        raise ValueError(
+            f"slimmable search scores classification accuracy; this run is {run_.task.name} "
+            "(search a classification run of the backbone, then train the found channels)"
+        )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = run_.model.to(device)
     images, what = scoring_images(run_, args.split, args.batches * args.batch_size, args.seed)

@@ -87,8 +87,10 @@ def run(args: argparse.Namespace) -> int:
         )
         if not args.json:
             print(format_latency_table(latency))
+    metric = "miou" if rows and all("miou" in r for r in rows) else "top1"  # a segmentation run
     choice = select_width(
         rows,
+        metric=metric,
         max_macs=args.max_macs,
         max_latency_ms=args.max_latency_ms,
         macs=macs,
@@ -97,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(choice, indent=2))
         return 0
-    parts = [f"width {describe(choice['width'])}", f"top-1 {100 * float(choice['top1']):.2f}%"]
+    shown = "mIoU" if metric == "miou" else "top-1"
+    parts = [f"width {describe(choice['width'])}", f"{shown} {100 * float(choice[metric]):.2f}%"]
     if choice.get("macs") is not None:
         parts.append(f"{format_count(float(choice['macs']))} MACs")
     if choice.get("latency_ms") is not None:

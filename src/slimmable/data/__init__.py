@@ -11,6 +11,11 @@ Loaders: :mod:`slimmable.data.loader` (training, evaluation, calibration, hold-o
 - ``cifar10`` / ``cifar100``: ``path`` to the python pickle batches folder;
 - ``imagefolder``: ``path`` with ``train/<class>/*`` and ``val/<class>/*`` (ImageNet layout).
 
+Segmentation sets yield ``(image, int64 HxW label mask)`` (see :mod:`.segmentation`):
+
+- ``seg_mnist5k`` / ``seg_digits``: canvases of mnist5k / scikit-learn digits, 11 classes;
+- ``voc``: ``path`` to a Pascal VOC style folder (images and PNG label masks).
+
 ``augment="standard"`` applies the papers' training augmentation for that data, ``"none"`` the
 eval-style transform; the test set is never augmented. ``seed`` seeds the augmentation stream
 (train/test splits are fixed).
@@ -39,8 +44,25 @@ from .loader import (
     make_loader,
     train_loader,
 )
+from .segmentation import (
+    IGNORE_INDEX,
+    SegmentationArrays,
+    SegmentationFolder,
+    load_digit_canvas_sets,
+    load_voc_sets,
+)
 
-DATASETS: tuple[str, ...] = ("digits", "mnist5k", "npz", "cifar10", "cifar100", "imagefolder")
+DATASETS: tuple[str, ...] = (
+    "digits",
+    "mnist5k",
+    "npz",
+    "cifar10",
+    "cifar100",
+    "imagefolder",
+    "seg_mnist5k",
+    "seg_digits",
+    "voc",
+)
 AUGMENTS: tuple[str, ...] = ("standard", "none")
 
 
@@ -88,6 +110,14 @@ def build_datasets(
     if pad is not None and pad < 0:
         raise ValueError(f"pad must be >= 0, not {pad}")
     aug = augment == "standard"
+    if name in ("seg_mnist5k", "seg_digits"):
+        if path:
+            raise ValueError(
+                f"{name} is built from digits that ship with Python packages; no data.path"
+            )
+        return load_digit_canvas_sets(name[4:], aug, image_size, seed, pad)
+    if name == "voc":
+        return load_voc_sets(path, aug, image_size, seed, flip)
     if name in ("digits", "mnist5k"):
         if path:
             raise ValueError(f"{name} ships with its Python package and takes no data.path")
@@ -113,6 +143,7 @@ def build_datasets(
 __all__ = [
     "AUGMENTS",
     "DATASETS",
+    "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ArrayDataset",
@@ -120,6 +151,8 @@ __all__ = [
     "CalibrationBatches",
     "DataInfo",
     "ImageFolderDataset",
+    "SegmentationArrays",
+    "SegmentationFolder",
     "build_datasets",
     "calibration_batches",
     "detect_layout",

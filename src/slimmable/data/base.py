@@ -28,6 +28,8 @@ class DataInfo:
 
     ``mean``/``std`` are the per-channel normalisation applied to the inputs (in [0, 1] pixel
     units), ``classes`` the class names in label order (empty where the data carries none).
+    ``task`` is ``"classification"`` (an int label per image) or ``"segmentation"`` (an
+    ``HxW`` label mask per image, ``ignore_index`` marking pixels that score nothing).
     """
 
     num_classes: int
@@ -37,6 +39,8 @@ class DataInfo:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     classes: tuple[str, ...] = ()
+    task: str = "classification"
+    ignore_index: int = -100
 
 
 class AugmentedDataset(Dataset):

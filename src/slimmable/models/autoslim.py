@@ -212,7 +212,8 @@ def autoslim_small_cnn(
     counts = resolve_channels(channels, reference)
     searched = [(c, stride) for c, (_, stride) in zip(counts, setting, strict=True)]
     kit = make_kit(**_kit_kwargs(widths, width_range, norm))
-    return SmallCNN(kit, num_classes, in_chans, searched)
+    model = SmallCNN(kit, num_classes, in_chans, searched)
+    return with_cfg(model, input_size=(in_chans, 8, 8))
 
 
 # ---- the authors' searched networks ----------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -50,4 +51,15 @@ def residual_groups(stream: Iterable[tuple[str, bool]]) -> list[list[str]]:
     return [g for g in groups if len(g) > 1]
 
 
-__all__ = ["init_weights", "residual_groups", "with_cfg"]
+def stage_ends(blocks: Iterable[tuple[str, int]]) -> list[str]:
+    """The feature stages of a chain of blocks, from ``(block name, stride)`` in forward order.
+
+    A stage ends at the last block before a strided one, and at the last block: each stage is
+    then the deepest output at one resolution, as timm's ``feature_info`` lists them.
+    """
+    blocks = list(blocks)
+    ends = [name for (name, _), (_, stride) in itertools.pairwise(blocks) if stride > 1]
+    return [*ends, blocks[-1][0]] if blocks else []
+
+
+__all__ = ["init_weights", "residual_groups", "stage_ends", "with_cfg"]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .helpers import init_weights, with_cfg
+from .helpers import init_weights, stage_ends, with_cfg
 from .kit import LayerKit, make_kit
 from .official import StateDict, convert_state_dict
 from .registry import register_model
@@ -47,6 +47,7 @@ class DepthwiseSeparable(nn.Module):
 
     def __init__(self, kit: LayerKit, inp: int, outp: int, stride: int) -> None:
         super().__init__()
+        self.stride = stride
         self.body = nn.Sequential(
             kit.conv(inp, inp, 3, stride, depthwise=True),
             kit.bn(inp),
@@ -94,6 +95,16 @@ class MobileNetV1(nn.Module):
     def channel_groups(self) -> list[list[str]]:
         """No residual sums: every pointwise conv chooses its width freely."""
         return []
+
+    def feature_stages(self) -> list[str]:
+        """The block ending each resolution (strides 2 to 32): timm's ``features_only`` stages."""
+        blocks = [("features.0", 2)]  # the stem
+        blocks += [
+            (f"features.{i}", b.stride)
+            for i, b in enumerate(self.features)
+            if isinstance(b, DepthwiseSeparable)
+        ]
+        return stage_ends(blocks)
 
     def official_state_dict(
         self, state_dict: StateDict, widths: Sequence[float] | None = None

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .helpers import init_weights, residual_groups, with_cfg
+from .helpers import init_weights, residual_groups, stage_ends, with_cfg
 from .kit import LayerKit, make_kit
 from .official import StateDict, convert_state_dict
 from .registry import register_model
@@ -55,6 +55,7 @@ class InvertedResidual(nn.Module):
 
     def __init__(self, kit: LayerKit, inp: int, outp: int, stride: int, t: int) -> None:
         super().__init__()
+        self.stride = stride
         self.use_residual = stride == 1 and inp == outp
         hidden = inp * t
         layers: list[nn.Module] = []
@@ -111,6 +112,7 @@ class MobileNetV2(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(kit.linear(LAST_CHANNELS, num_classes))
         init_weights(self)
+        self.stem_stride = stem_stride
         self.is_official_layout = (
             tuple(setting) == tuple(MOBILENET_V2_SETTING) and stem_stride == 2 and in_chans == 3
         )
@@ -126,6 +128,17 @@ class MobileNetV2(nn.Module):
             if isinstance(block, InvertedResidual):
                 stream.append((f"features.{i}.body.{len(block.body) - 2}", not block.use_residual))
         return residual_groups(stream)
+
+    def feature_stages(self) -> list[str]:
+        """The inverted-residual block ending each resolution (timm's stages; the last 1x1
+        conv, which never slims, is left to classification)."""
+        blocks = [("features.0", self.stem_stride)]
+        blocks += [
+            (f"features.{i}", b.stride)
+            for i, b in enumerate(self.features)
+            if isinstance(b, InvertedResidual)
+        ]
+        return stage_ends(blocks)
 
     def official_state_dict(
         self, state_dict: StateDict, widths: Sequence[float] | None = None

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .helpers import init_weights, residual_groups, with_cfg
+from .helpers import init_weights, residual_groups, stage_ends, with_cfg
 from .kit import LayerKit, make_kit
 from .official import StateDict, convert_state_dict
 from .registry import register_model
@@ -51,6 +51,7 @@ class BasicBlock(nn.Module):
 
     def __init__(self, kit: LayerKit, inp: int, width: int, stride: int) -> None:
         super().__init__()
+        self.stride = stride
         outp = width
         self.body = nn.Sequential(
             kit.conv(inp, width, 3, stride),
@@ -73,6 +74,7 @@ class Bottleneck(nn.Module):
 
     def __init__(self, kit: LayerKit, inp: int, width: int, stride: int) -> None:
         super().__init__()
+        self.stride = stride
         outp = width * self.expansion
         self.body = nn.Sequential(
             kit.conv(inp, width, 1),
@@ -136,6 +138,7 @@ class ResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(kit.linear(channels, num_classes))
         init_weights(self)
+        self.cifar = cifar
         self.official_depth = (
             sum(layers) * 3 + 2
             if block == "bottleneck"
@@ -158,6 +161,16 @@ class ResNet(nn.Module):
                     stream.append((f"features.{i}.shortcut.0", True))
                 stream.append((f"features.{i}.body.{len(block.body) - 2}", False))
         return residual_groups(stream)
+
+    def feature_stages(self) -> list[str]:
+        """The stem's activation (stride 2; ImageNet layout only) and the last block of each
+        stage: timm's ``features_only`` stages."""
+        blocks = [
+            (f"features.{i}", b.stride)
+            for i, b in enumerate(self.features)
+            if isinstance(b, BasicBlock | Bottleneck)
+        ]
+        return stage_ends(blocks) if self.cifar else ["features.0.2", *stage_ends(blocks)]
 
     def official_state_dict(
         self, state_dict: StateDict, widths: Sequence[float] | None = None

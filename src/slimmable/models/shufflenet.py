@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .helpers import init_weights, with_cfg
+from .helpers import init_weights, stage_ends, with_cfg
 from .kit import LayerKit, make_kit
 from .official import StateDict, convert_state_dict
 from .registry import register_model
@@ -69,6 +69,7 @@ class ShuffleUnit(nn.Module):
     ) -> None:
         super().__init__()
         self.groups = groups
+        self.stride = stride
         self.residual = stride == 1
         self.split_input = split_input
         branch = list(outp) if self.residual else [o - i for o, i in zip(outp, inp, strict=True)]
@@ -183,6 +184,11 @@ class ShuffleNet(nn.Module):
             stream += [f"features.{i}.c.{g}.0" for g in range(unit.groups)]
             bottlenecks.append([f"features.{i}.a.{g}.0" for g in range(unit.groups)])
         return [stream, *bottlenecks]
+
+    def feature_stages(self) -> list[str]:
+        """The last unit of each stage (strides 8, 16, 32). The stem's three parallel convs
+        are concatenated in ``forward``, by no module, so it is no stage."""
+        return stage_ends((f"features.{i}", u.stride) for i, u in enumerate(self.features))
 
     def official_state_dict(
         self, state_dict: StateDict, widths: Sequence[float] | None = None

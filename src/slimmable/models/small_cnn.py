@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .helpers import with_cfg
+from .helpers import stage_ends, with_cfg
 from .kit import LayerKit, make_kit
 from .registry import register_model
 
@@ -23,6 +23,7 @@ class SmallCNN(nn.Module):
         setting: Sequence[tuple[int, int]] = SMALL_CNN_SETTING,
     ) -> None:
         super().__init__()
+        self.strides = [stride for _, stride in setting]
         layers: list[nn.Module] = []
         channels = in_chans
         for i, (out, stride) in enumerate(setting):
@@ -42,6 +43,10 @@ class SmallCNN(nn.Module):
     def channel_groups(self) -> list[list[str]]:
         """No residual sums: every conv chooses its width freely."""
         return []
+
+    def feature_stages(self) -> list[str]:
+        """The activation ending each resolution (one per stride of the setting)."""
+        return stage_ends((f"features.{3 * i + 2}", s) for i, s in enumerate(self.strides))
 
 
 @register_model

@@ -210,9 +210,25 @@ def reduce_step(losses: Tensor, stop: bool, world: World) -> tuple[Tensor, bool]
 
 
 def reduce_eval(results: list[dict], seen: int, world: World) -> list[dict]:
-    """Per-width metrics of all ranks' shards, from each rank's metrics over ``seen`` images."""
+    """Per-width metrics of all ranks' shards, from each rank's metrics over ``seen`` images.
+
+    Segmentation rows carry their confusion matrix: the ranks' matrices are summed and the
+    scores recomputed from the sum, which is exact (a mean of per-shard mIoUs is not).
+    """
     if not is_distributed(world):
         return results
+    if results and "confusion" in results[0]:
+        from ..segmentation import scores
+
+        confusions = torch.tensor([r["confusion"] for r in results], dtype=torch.float64)
+        losses = torch.tensor([[r["loss"] * seen, float(seen)] for r in results])
+        dist.all_reduce(confusions)
+        dist.all_reduce(losses)
+        summed = [c.long() for c in confusions]
+        return [
+            {**r, **scores(c), "confusion": c.tolist(), "loss": (l[0] / l[1]).item()}
+            for r, c, l in zip(results, summed, losses, strict=True)
+        ]
     keys = ("top1", "top5", "loss")
     sums = torch.tensor(
         [[r[k] * seen for k in keys] for r in results] + [[float(seen)] * 3], dtype=torch.float64

@@ -34,7 +34,6 @@ from ..compile import compile_slimmable
 from ..config import Config, as_config, is_factory, save_config
 from ..data import DataInfo
 from ..data.loader import eval_loader, steps_per_epoch, train_loader
-from ..evaluate import evaluate, format_table
 from ..export import output_tensors
 from ..models import create_model, list_models, model_factory
 from ..profile import MacsCounter
@@ -47,11 +46,11 @@ from ..run import (
     example_batch,
     run_datasets,
 )
+from ..tasks import Classification, Segmentation, task_for
 from ..width import Width, set_width, width_choices
 from . import distributed as ddp
 from .distributed import World
 from .incremental import IncrementalStages
-from .losses import cross_entropy, soft_cross_entropy, soft_target
 from .optim import Schedule, build_optimizer, build_schedule, set_lr
 from .sampling import WidthSampler
 
@@ -73,13 +72,14 @@ class TrainResult:
     """What :func:`train` leaves behind."""
 
     model: nn.Module
-    results: list[dict]  # final per-width evaluation (width, top1, top5, loss, macs)
+    results: list[dict]  # final per-width evaluation (width, top1 or miou ..., loss, macs)
     out_dir: Path
     checkpoint: Path
     metrics: list[dict] = field(default_factory=list)
     finished: bool = True  # False when stopped early (``stop_after_steps`` or a signal)
     signal: int | None = None  # the signal (SIGTERM, SIGINT) that stopped the run, if any
     main: bool = True  # whether this process is rank 0 (the one that writes and prints)
+    task: Classification | Segmentation = field(default_factory=Classification)
 
 
 # ---- set-up ----------------------------------------------------------------------------------
@@ -259,6 +259,7 @@ class Setup:
     model: nn.Module  # widths are set, and calibration / evaluation / checkpoints run, on it
     net: nn.Module  # what the steps run: ``model``, in DDP and/or compiled
     spec: dict[str, Any]  # how to rebuild the model (the checkpoint's "model" entry)
+    task: Classification | Segmentation  # the loss, distillation target and evaluation
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     schedule: Schedule
@@ -281,7 +282,9 @@ def build(cfg: Config, world: World) -> Setup:
     seed_everything(tc.seed)
     data = run_datasets(cfg)
     model, spec = build_model(cfg, data.info, tuple(data.train[0][0].shape))
-    check_labels(data, spec["kwargs"].get("num_classes", data.info.num_classes))
+    num_classes = spec["kwargs"].get("num_classes", data.info.num_classes)
+    task = task_for(data.info, num_classes)
+    check_labels(data, num_classes)
     model.to(world.device)
     if tc.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -304,6 +307,7 @@ def build(cfg: Config, world: World) -> Setup:
         model=model,
         net=net,
         spec=spec,
+        task=task,
         optimizer=build_optimizer(model, tc),
         scaler=torch.amp.GradScaler(world.device.type, enabled=tc.amp == "fp16"),
         schedule=build_schedule(tc, n_steps),
@@ -322,10 +326,28 @@ def build(cfg: Config, world: World) -> Setup:
 
 
 def check_labels(data: RunData, num_classes: int) -> None:
-    """Every label of the training and test sets is a class of the model."""
+    """Every label (or label mask) of the training and test sets is a class of the model."""
+    info = data.info
+    if info.task == "segmentation" and info.num_classes > num_classes:  # e.g. a VOC folder's
+        raise ValueError(
+            f"the masks hold class {info.num_classes - 1}, but the model has {num_classes} "
+            f"classes (0..{num_classes - 1}, {info.ignore_index} ignored); fix the masks or "
+            "set model.num_classes"
+        )
     for name, dataset in (("training", data.train), ("test", data.test)):
         while isinstance(dataset, Subset):
             dataset = dataset.dataset
+        masks = getattr(dataset, "masks", None)
+        if isinstance(masks, Tensor) and masks.numel():
+            classes = masks.unique()
+            bad = classes[(classes >= num_classes) & (classes != data.info.ignore_index)]
+            if len(bad):
+                raise ValueError(
+                    f"the {name} masks hold class {int(bad[0])}, but the model has "
+                    f"{num_classes} classes (0..{num_classes - 1}, {data.info.ignore_index} "
+                    "ignored); fix the masks or set model.num_classes"
+                )
+            continue
         labels = getattr(dataset, "labels", None)
         if labels is None or len(labels) == 0:
             continue
@@ -445,7 +467,7 @@ def evaluate_widths(s: Setup, log: RunLog) -> list[dict]:
         except ddp.Stopped:  # half-calibrated statistics must not be saved as if complete
             forget_calibration(s.model, s.eval_widths)
             raise
-    rows = evaluate(s.model, s.test, s.eval_widths, macs=False)
+    rows = s.task.evaluate(s.model, s.test, s.eval_widths, macs=False)
     rows = ddp.reduce_eval(rows, s.test_size, s.world)
     return [{**r, "macs": s.macs[r["width"]]} for r in rows]
 
@@ -454,7 +476,15 @@ def evaluate_widths(s: Setup, log: RunLog) -> list[dict]:
 class RunLog:
     """metrics.jsonl, optional TensorBoard and console lines; silent on ranks other than 0."""
 
-    def __init__(self, out_dir: Path, world: World, verbose: bool, history: list[dict]) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        world: World,
+        verbose: bool,
+        history: list[dict],
+        metric: tuple[str, str] = ("top1", "top-1"),
+    ) -> None:
+        self.metric, self.metric_label = metric  # a row's headline key and its name
         self.active = world.is_main
         self.verbose = verbose and self.active
         self.path = out_dir / "metrics.jsonl"
@@ -480,14 +510,16 @@ class RunLog:
             for key, value in row["train_loss"].items():
                 self.tb.add_scalar(f"train/loss_{key}", value, step)
             for r in row.get("eval", []):
-                self.tb.add_scalar(f"eval/top1_{r['width']:g}", r["top1"], step)
+                self.tb.add_scalar(f"eval/{self.metric}_{r['width']:g}", r[self.metric], step)
             self.tb.flush()
         if self.verbose:
             losses = " ".join(f"{k}:{v:.3f}" for k, v in row["train_loss"].items())
-            accs = " ".join(f"{r['width']:g}:{100 * r['top1']:.1f}" for r in row.get("eval", []))
+            accs = " ".join(
+                f"{r['width']:g}:{100 * r[self.metric]:.1f}" for r in row.get("eval", [])
+            )
             tqdm.write(
                 f"epoch {row['epoch']}: loss {losses} | {row['images_per_s']:.0f} img/s"
-                + (f" | top-1 {accs}" if accs else "")
+                + (f" | {self.metric_label} {accs}" if accs else "")
             )
 
     def message(self, text: str) -> None:
@@ -595,7 +627,7 @@ def run_training(
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
-    log = RunLog(out_dir, world, tc.progress, state.metrics)
+    log = RunLog(out_dir, world, tc.progress, state.metrics, (s.task.metric, s.task.metric_label))
 
     last_step = s.total_steps if stop_after_steps is None else min(stop_after_steps, s.total_steps)
     while state.step < s.total_steps:
@@ -632,11 +664,11 @@ def run_training(
                         logits = s.net(x)
                     logits = logits.float()
                     if teacher is None:  # from the labels: the largest width (no teacher: all)
-                        loss = cross_entropy(logits, y, tc.label_smoothing)
+                        loss = s.task.loss(logits, y, tc.label_smoothing)
                         if distill:
-                            teacher = soft_target(logits, tc.distill_temperature)
+                            teacher = s.task.soft_target(logits, tc.distill_temperature)
                     else:  # in-place distillation: the others learn from the largest
-                        loss = soft_cross_entropy(logits, teacher, tc.distill_temperature)
+                        loss = s.task.distill_loss(logits, teacher, y, tc.distill_temperature)
                     s.scaler.scale(loss).backward()
                 fixed = s.sampler.switches is not None or i < 2  # largest, smallest, S switches
                 labels.append(f"{w:g}" if fixed else "random")
@@ -682,9 +714,7 @@ def run_training(
             except ddp.Stopped as stopped:
                 state.metrics.append(row)
                 return _stopped(s, state, log, ckpt_path, stopped.signum)
-            row["eval"] = [
-                {k: r[k] for k in ("width", "top1", "top5", "loss")} for r in state.results
-            ]
+            row["eval"] = [{k: r[k] for k in s.task.row_keys} for r in state.results]
         state.metrics.append(row)
         log.epoch(row)
         save(s, state, ckpt_path)
@@ -700,16 +730,16 @@ def run_training(
             return _stopped(s, state, log, ckpt_path, stopped.signum)
         save(s, state, ckpt_path)
     if world.is_main:
-        from ..evaluate import json_report
         from ..plot import plot_accuracy
 
         with open(out_dir / "eval.json", "w") as f:
-            json.dump(json_report(state.results), f, indent=2)
+            json.dump(s.task.report(state.results), f, indent=2)
         title = f"{s.spec['name']} ({tc.mode})"
-        plot_accuracy({tc.mode: state.results}, out_dir / PLOT, title=title)
+        plot_accuracy({tc.mode: state.results}, out_dir / PLOT, metric=s.task.metric, title=title)
     return TrainResult(
-        s.model, state.results, out_dir, ckpt_path, state.metrics, main=world.is_main
-    )
+        s.model, state.results, out_dir, ckpt_path, state.metrics, main=world.is_main,
+        task=s.task,
+    )  # fmt: skip
 
 
 def check_finite(values: list[float], labels: list[str], step: int, lr: float) -> None:
@@ -745,14 +775,15 @@ def _stopped(
         )
     return TrainResult(
         s.model, state.results, path.parent, path, state.metrics, finished=False,
-        signal=signum, main=s.world.is_main,
+        signal=signum, main=s.world.is_main, task=s.task,
     )  # fmt: skip
 
 
 def summary(result: TrainResult) -> str:
     """The final table of a run, with where its files are."""
+    task = result.task
     best = max(result.results, key=lambda r: r["width"]) if result.results else None
-    tail = f"\nlargest width top-1 {100 * best['top1']:.2f}%" if best else ""
+    tail = f"\nlargest width {task.metric_label} {100 * best[task.metric]:.2f}%" if best else ""
     if best and not math.isfinite(best["loss"]):
         tail += " (loss is not finite: lower train.lr)"
-    return f"{format_table(result.results)}{tail}\nrun written to {result.out_dir}"
+    return f"{task.table(result.results)}{tail}\nrun written to {result.out_dir}"

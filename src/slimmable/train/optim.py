@@ -43,8 +43,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum (Nesterov by default) over :func:`param_groups`."""
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (Nesterov by default) over :func:`param_groups`; or AdamW
+    (``train.optimizer: adamw``, beta1 = ``train.momentum``), which the dense tasks' tiny
+    recipes train with: their rare foreground classes leave SGD on a background plateau."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(
+            param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.momentum, 0.999)
+        )
     return torch.optim.SGD(
         param_groups(model, cfg.weight_decay),
         lr=cfg.lr,
