@@ -99,39 +99,36 @@ class _WidthConv2d(WidthMixin, nn.Conv2d):
         """How many of this layer's input channels ``x`` carries."""
         return x.shape[1]
 
-    def _input_index(self, in_channels: int, device: torch.device) -> Tensor | None:
-        layout = self.input_layout
-        return None if layout is None else layout.indices(in_channels, device)
-
     def active_weights(self, in_channels: int) -> tuple[Tensor, Tensor | None, int]:
         """``(weight, bias, groups)`` for this many input channels at this width.
 
         Slices of the layer's current ``weight`` and ``bias`` (read through any parametrization
         or pruning hook): views when they are leading slices along the output channels, else
         gathered copies. While the model is frozen (:func:`slimmable.freeze`) and gradients are
-        off, the copies are memoized per width.
+        off, they are memoized per width.
         """
         out, in_per_group, groups = self.active_shape(in_channels)
         weight, bias = self.weight, self.bias
-        index = self._input_index(in_channels, weight.device)
-        if index is None and in_per_group == weight.shape[1]:  # a free view
-            w = weight[:out]
-        elif self._memo is not None and not torch.is_grad_enabled():
+        layout = self.input_layout
+        index = None if layout is None else layout.indices(in_channels, weight.device)
+        memo = self._memo
+        if memo is not None and not torch.is_grad_enabled():
             key = (out, in_channels, None if index is None else id(index))
-            build = self._sliced_weight
-            w = self._memo.get(key, (weight,), build, weight, out, in_per_group, index)
+            sources = (weight,) if bias is None else (weight, bias)
+            w, b = memo.get(key, sources, self._slices, weight, bias, out, in_per_group, index)
         else:
-            w = self._sliced_weight(weight, out, in_per_group, index)
-        if bias is not None:
-            bias = gather(bias, 0, out, index if self.depthwise else None)
-        return w, bias, groups
+            w, b = self._slices(weight, bias, out, in_per_group, index)
+        return w, b, groups
 
-    def _sliced_weight(
-        self, weight: Tensor, out: int, in_per_group: int, index: Tensor | None
-    ) -> Tensor:
+    def _slices(
+        self, weight: Tensor, bias: Tensor | None, out: int, in_per_group: int, index: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
         if self.depthwise:  # output channels follow the input: gather along the outputs
-            return gather(weight, 0, out, index).contiguous()
-        return gather(weight[:out], 1, in_per_group, index).contiguous()
+            w = gather(weight, 0, out, index)
+        else:
+            w = gather(weight[:out], 1, in_per_group, index)
+        b = None if bias is None else gather(bias, 0, out, index if self.depthwise else None)
+        return w.contiguous(), b
 
     def forward(self, x: Tensor) -> Tensor:
         padding = self.padding

@@ -68,21 +68,19 @@ class _WidthLinear(WidthMixin, nn.Linear):
         """``(weight, bias)`` for this many input features at this width.
 
         Slices of the current ``weight`` and ``bias`` (read through any parametrization or pruning
-        hook); input slices are copies, memoized per width while the model is frozen
-        (:func:`slimmable.freeze`) and gradients are off.
+        hook), memoized per width while the model is frozen (:func:`slimmable.freeze`) and
+        gradients are off.
         """
         out, inp = self.active_shape(in_features)
         weight, bias = self.weight, self.bias
         layout = self.input_layout
         index = None if layout is None else layout.indices(inp, weight.device)
-        if index is None and inp == weight.shape[1]:  # a free view
-            w = weight[:out]
-        elif self._memo is not None and not torch.is_grad_enabled():
+        memo = self._memo
+        if memo is not None and not torch.is_grad_enabled():
             key = (out, inp, None if index is None else id(index))
-            w = self._memo.get(key, (weight,), _sliced_weight, weight, out, inp, index)
-        else:
-            w = _sliced_weight(weight, out, inp, index)
-        return w, None if bias is None else bias[:out]
+            sources = (weight,) if bias is None else (weight, bias)
+            return memo.get(key, sources, _slices, weight, bias, out, inp, index)
+        return _slices(weight, bias, out, inp, index)
 
     def forward(self, x: Tensor) -> Tensor:
         if is_compiling() and self.input_layout is None:  # one graph for every width
@@ -112,8 +110,11 @@ class _WidthLinear(WidthMixin, nn.Linear):
         return f"{s}, {self._width_repr()}"
 
 
-def _sliced_weight(weight: Tensor, out: int, inp: int, index: Tensor | None) -> Tensor:
-    return gather(weight[:out], 1, inp, index).contiguous()
+def _slices(
+    weight: Tensor, bias: Tensor | None, out: int, inp: int, index: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    w = gather(weight[:out], 1, inp, index).contiguous()
+    return w, None if bias is None else bias[:out]
 
 
 class SlimmableLinear(_WidthLinear):
