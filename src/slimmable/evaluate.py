@@ -6,16 +6,16 @@ width: ``{"width", "top1", "top5", "loss", "macs"}`` (accuracies as fractions in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .profile import MacsCounter
 from .units import format_count
-from .width import set_width
+from .width import Width, set_width
 from .widthspec import WidthSpec, parse_widths
 
 
@@ -37,44 +37,65 @@ def evaluate(
     batch's image size.
     """
     widths = parse_widths(widths)
-    device = next(model.parameters()).device
     totals = [[0, 0, 0.0] for _ in widths]  # per width: top-1 hits, top-5 hits, summed loss
     seen = 0
+    for i, images, labels, logits in forward_at_widths(model, loader, widths, progress):
+        if input_size is None:
+            input_size = tuple(images.shape[1:])
+        k = min(5, logits.shape[1])
+        hits = logits.topk(k, dim=1).indices == labels[:, None]
+        totals[i][0] += int(hits[:, 0].sum())
+        totals[i][1] += int(hits.any(dim=1).sum())
+        totals[i][2] += float(F.cross_entropy(logits, labels, reduction="sum"))
+        seen += len(labels) if i == 0 else 0
+    if seen == 0:
+        raise ValueError("evaluation got no images: the test set is empty")
+    rows = width_rows(model, widths, input_size if macs else None)
+    for row, (top1, top5, loss) in zip(rows, totals, strict=True):
+        row.update(top1=top1 / seen, top5=top5 / seen, loss=loss / seen)
+    return rows
+
+
+def forward_at_widths(
+    model: nn.Module, loader: Iterable, widths: Sequence[Width], progress: bool = False
+) -> Iterator[tuple[int, Tensor, Tensor, Tensor]]:
+    """``(width index, inputs, targets, outputs)`` for every batch of ``loader`` at every width.
+
+    Each batch is loaded (and moved to the model's device) once and run at every width, in
+    eval mode under ``no_grad``; the model's mode is restored afterwards. The evaluations of
+    every task are this loop and what they add up from its outputs.
+    """
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for images, labels in tqdm(loader, desc="eval", disable=not progress, leave=False):
-                if input_size is None:
-                    input_size = tuple(images.shape[1:])
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
+            for inputs, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
+                inputs = inputs.to(device, non_blocking=True)
+                targets = targets.to(device, non_blocking=True)
                 for i, w in enumerate(widths):
                     with set_width(model, w):
-                        logits = model(images)
-                    k = min(5, logits.shape[1])
-                    top = logits.topk(k, dim=1).indices
-                    hits = top == labels[:, None]
-                    totals[i][0] += int(hits[:, 0].sum())
-                    totals[i][1] += int(hits.any(dim=1).sum())
-                    totals[i][2] += float(F.cross_entropy(logits, labels, reduction="sum"))
-                seen += len(labels)
+                        outputs = model(inputs)
+                    yield i, inputs, targets, outputs
     finally:
         model.train(was_training)
-    if seen == 0:
-        raise ValueError("evaluation got no images: the test set is empty")
-    counter = MacsCounter(model, input_size) if macs else None
-    results = []
-    for w, (top1, top5, loss) in zip(widths, totals, strict=True):
+
+
+def width_rows(
+    model: nn.Module, widths: Sequence[Width], input_size: Sequence[int] | None
+) -> list[dict]:
+    """One result row per width: ``{"width"}`` (``None`` and ``"width_map"`` for a nonuniform
+    map), and ``"macs"`` at ``input_size`` (C, H, W) unless it is ``None``."""
+    counter = None if input_size is None else MacsCounter(model, input_size)
+    rows = []
+    for w in widths:
         row: dict = {"width": None if isinstance(w, Mapping) else float(w)}
         if isinstance(w, Mapping):
             row["width_map"] = dict(w)
-        row.update(top1=top1 / seen, top5=top5 / seen)
         if counter is not None:
             row["macs"] = counter(w)
-        row["loss"] = loss / seen
-        results.append(row)
-    return results
+        rows.append(row)
+    return rows
 
 
 def format_table(results: Sequence[dict]) -> str:

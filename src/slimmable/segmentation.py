@@ -11,16 +11,14 @@ left out). From a confusion matrix ``C`` (rows: true class, columns: predicted):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from .profile import MacsCounter
+from .evaluate import forward_at_widths, width_rows
 from .units import format_count
-from .width import set_width
 from .widthspec import WidthSpec, parse_widths
 
 
@@ -88,49 +86,27 @@ def evaluate_segmentation(
     ``widths`` is a list or a specification (see :func:`slimmable.parse_widths`).
     """
     widths = parse_widths(widths)
-    device = next(model.parameters()).device
     confusions = [torch.zeros(num_classes, num_classes, dtype=torch.long) for _ in widths]
     losses = [0.0 for _ in widths]
     pixels = 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for images, masks in tqdm(loader, desc="eval", disable=not progress, leave=False):
-                if input_size is None:
-                    input_size = tuple(images.shape[1:])
-                images = images.to(device, non_blocking=True)
-                masks = masks.to(device, non_blocking=True)
-                for i, w in enumerate(widths):
-                    with set_width(model, w):
-                        logits = model(images)
-                    if logits.shape[1] != num_classes or logits.shape[-2:] != masks.shape[-2:]:
-                        raise ValueError(
-                            f"the model gives logits {tuple(logits.shape)} for masks "
-                            f"{tuple(masks.shape)}; it needs (N, {num_classes}, H, W)"
-                        )
-                    confusions[i] += confusion_matrix(
-                        logits.argmax(1), masks, num_classes, ignore_index
-                    )
-                    losses[i] += float(
-                        F.cross_entropy(logits, masks, ignore_index=ignore_index, reduction="sum")
-                    )
-                pixels += int((masks != ignore_index).sum())
-    finally:
-        model.train(was_training)
+    for i, images, masks, logits in forward_at_widths(model, loader, widths, progress):
+        if input_size is None:
+            input_size = tuple(images.shape[1:])
+        if logits.shape[1] != num_classes or logits.shape[-2:] != masks.shape[-2:]:
+            raise ValueError(
+                f"the model gives logits {tuple(logits.shape)} for masks "
+                f"{tuple(masks.shape)}; it needs (N, {num_classes}, H, W)"
+            )
+        confusions[i] += confusion_matrix(logits.argmax(1), masks, num_classes, ignore_index)
+        losses[i] += float(
+            F.cross_entropy(logits, masks, ignore_index=ignore_index, reduction="sum")
+        )
+        pixels += int((masks != ignore_index).sum()) if i == 0 else 0
     if pixels == 0:
         raise ValueError("evaluation got no labelled pixels: the test set is empty")
-    counter = MacsCounter(model, input_size) if macs else None
-    rows = []
-    for w, confusion, loss in zip(widths, confusions, losses, strict=True):
-        row: dict = {"width": None if isinstance(w, Mapping) else float(w)}
-        if isinstance(w, Mapping):
-            row["width_map"] = dict(w)
-        row.update(scores(confusion), confusion=confusion.tolist())
-        if counter is not None:
-            row["macs"] = counter(w)
-        row["loss"] = loss / pixels
-        rows.append(row)
+    rows = width_rows(model, widths, input_size if macs else None)
+    for row, confusion, loss in zip(rows, confusions, losses, strict=True):
+        row.update(scores(confusion), confusion=confusion.tolist(), loss=loss / pixels)
     return rows
 
 
