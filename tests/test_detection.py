@@ -19,13 +19,7 @@ import slimmable
 from slimmable.export import extract_subnet, slimmable_leftovers
 from slimmable.models import DetectionBackbone, detection_backbone
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class HeadLikeTorchvision(nn.Module):

@@ -21,14 +21,7 @@ from slimmable.cli import main
 from slimmable.export import export_subnet, load_exported
 from slimmable.run import load_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny inputs run fastest on one thread (no OpenMP barriers per op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 LOADER = r"""

@@ -12,14 +12,7 @@ import slimmable
 from slimmable.export import fold_bn, slimmable_leftovers
 from slimmable.models import LayerKit, make_kit
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny inputs run fastest on one thread (no OpenMP barriers per op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- test networks built from the layers: every pattern the zoo uses ---------------------------

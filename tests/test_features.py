@@ -15,13 +15,7 @@ from slimmable.export import export_subnet, extract_subnet, load_exported, slimm
 from slimmable.models import FPN, FeatureExtractor, PadToFullWidth, make_kit
 from slimmable.width import width_bounds, width_choices
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # The deep ResNets (101, 152) repeat ResNet-50's code; building them costs seconds, not coverage.

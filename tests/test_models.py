@@ -21,14 +21,7 @@ from slimmable import (
 from slimmable.models import make_kit, model_factory
 from slimmable.models.shufflenet import ShuffleNet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny inputs run fastest on one thread (no OpenMP barriers per op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FAMILIES = [

@@ -18,14 +18,7 @@ import slimmable
 from slimmable import calibrated_widths, create_model, load_official, set_width
 from slimmable.layers.norm import width_key
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny inputs run fastest on one thread (no OpenMP barriers per op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 OFFICIAL = [

@@ -14,14 +14,7 @@ from slimmable.checkpoint import save_checkpoint
 from slimmable.cli import main
 from slimmable.profile import profile
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny inputs run fastest on one thread (no OpenMP barriers per op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # SPEC.md / the papers' tables at 224x224: (widths, MACs per width, parameters of the shared

@@ -20,13 +20,7 @@ from slimmable.segmentation import (
     pixel_accuracy,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- metrics ----------------------------------------------------------------------------------

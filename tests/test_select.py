@@ -17,14 +17,7 @@ from slimmable.cli import main
 from slimmable.latency import interleaved_timings, latency_measure
 from slimmable.select import eval_rows, parse_count
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny inputs run fastest on one thread (no OpenMP barriers per op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 EVAL = {
