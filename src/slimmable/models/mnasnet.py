@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .helpers import init_weights, residual_groups, with_cfg
+from .helpers import init_weights, residual_groups, stage_ends, with_cfg
 from .kit import LayerKit, make_kit
 from .registry import register_model
 
@@ -70,6 +70,7 @@ class InvertedResidual(nn.Module):
         self, kit: LayerKit, inp: int, hidden: int, outp: int, stride: int, k: int, t: int
     ) -> None:
         super().__init__()
+        self.stride = stride
         self.use_residual = stride == 1 and inp == outp
         ratio = t if hidden == inp * t else 1
         layers: list[nn.Module] = []
@@ -151,6 +152,17 @@ class MNasNet(nn.Module):
             if isinstance(block, InvertedResidual):
                 stream.append((f"features.{i}.body.{len(block.body) - 2}", not block.use_residual))
         return residual_groups(stream)
+
+    def feature_stages(self) -> list[str]:
+        """The block ending each resolution (timm's stages; the last 1x1 conv, which never
+        slims, is left to classification)."""
+        blocks = [("features.0", 2)]
+        blocks += [
+            (f"features.{i}", b.stride)
+            for i, b in enumerate(self.features)
+            if isinstance(b, InvertedResidual)
+        ]
+        return stage_ends(blocks)
 
 
 @register_model
