@@ -6,8 +6,8 @@ width than individually trained ones. Here every network is trained on the segme
 (``configs/seg_digits.yaml``: digit canvases, a small-CNN backbone and a light FPN head), over
 several seeds:
 
-- ``slimmable``: one S-Net at ``WIDTHS`` (switchable BN, every width each step, in-place
-  distillation as in the recipe);
+- ``slimmable``: one S-Net at ``WIDTHS`` (switchable BN, every width each step, distillation
+  as the recipe sets it: off);
 - ``universal``: the recipe itself (US-Net over the same range, sandwich rule, calibrated BN);
 - ``individual_<w>``: one network per width, trained alone.
 
