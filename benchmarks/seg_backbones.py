@@ -167,7 +167,28 @@ def verdict(data: dict, widths: Sequence[float], kind: str) -> tuple[list, list,
 
 
 def _widths(ws: Sequence[float]) -> str:
-    return ", ".join(f"{w:g}" for w in ws) or "none"
+    names = [f"{w:.1f}" for w in ws]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def comparison(label: str, better: list, worse: list, tied: list) -> str:
+    """One sentence: where a shared backbone beats, trails or ties the individual networks."""
+    if not better and not worse:
+        return f"{label} is within the seeds' spread of the individual networks at every width."
+    parts = [
+        f"{what} at {_widths(ws)}"
+        for what, ws in (
+            ("beats the individual networks", better),
+            ("trails them" if better else "trails the individual networks", worse),
+            ("is within the seeds' spread", tied),
+        )
+        if ws
+    ]
+    return (
+        f"{label} {', '.join(parts[:-1])} and {parts[-1]}."
+        if len(parts) > 1
+        else (f"{label} {parts[0]}.")
+    )
 
 
 def report(args, runs_dir: Path, widths: list[float], result: dict, image: Path) -> str:
@@ -199,23 +220,24 @@ def report(args, runs_dir: Path, widths: list[float], result: dict, image: Path)
             "",
         ]
         return "\n".join([*lines, _footer(args, widths, seconds)])
-    said = []
+    said, better_somewhere, worse_somewhere = [], False, False
     for kind, label in (("slimmable", "The S-Net"), ("universal", "The US-Net")):
         better, worse, tied = verdict(data, widths, kind)
-        said.append(
-            f"{label} beats the individual networks at widths {_widths(better)}, trails them "
-            f"at {_widths(worse)} and is within the seeds' spread at {_widths(tied)}."
+        said.append(comparison(label, better, worse, tied))
+        better_somewhere |= bool(better)
+        worse_somewhere |= bool(worse)
+    if better_somewhere and not worse_somewhere:
+        claim = (
+            "**The paper's claim reproduces here**: no width of either shared backbone is "
+            "worse than the individual networks, and some are better"
         )
-    all_better = all(
-        not verdict(data, widths, k)[1] and verdict(data, widths, k)[0]
-        for k in ("slimmable", "universal")
-    )
-    claim = (
-        "**The paper's claim reproduces here**: no width of either shared backbone is worse, "
-        "and each is better at some"
-        if all_better
-        else "**The paper's claim does not reproduce at every width here**"
-    )
+    elif better_somewhere:
+        claim = "**The paper's claim reproduces in part**: some widths are better, some worse"
+    else:
+        claim = (
+            "**The paper's claim does not reproduce here**: no width of either shared backbone "
+            "is better than the individual networks"
+        )
     lines += [
         f"{claim}. {' '.join(said)} A difference counts when the means differ by more than "
         "the larger of the two standard deviations.",
@@ -227,7 +249,7 @@ def report(args, runs_dir: Path, widths: list[float], result: dict, image: Path)
 
 def _footer(args, widths: Sequence[float], seconds: dict) -> str:
     return (
-        f"Training time per seed (one thread per run, {args.workers} runs at once, on the shared "
+        f"Training time per seed (one thread per run, {args.workers} at a time, on the shared "
         f"machine): S-Net {np.nanmean(seconds['slimmable']):.0f} s, US-Net "
         f"{np.nanmean(seconds['universal']):.0f} s, the {len(widths)} individual networks "
         f"{np.nanmean(seconds['individual']):.0f} s together. Made by `{args.command}` "
