@@ -1313,6 +1313,17 @@ def full_run(args: argparse.Namespace) -> bool:
     )
 
 
+def commit() -> str:
+    """The short commit of this checkout, ``+`` marking uncommitted changes."""
+    import subprocess
+
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout
+
+    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    return head + ("+" if git("status", "--porcelain", "--untracked-files=no").strip() else "")
+
+
 def render(args, command: str, sections: dict[str, str], seconds: dict[str, Any]) -> str:
     """The report skeleton; the commentary lives in NOTES (filled from the full run)."""
     test = "1,000 held-out test digits" if args.data == "mnist5k" else "held-out test images"
@@ -1334,6 +1345,9 @@ def render(args, command: str, sections: dict[str, str], seconds: dict[str, Any]
 Everything below comes from one run of
 
     {command}
+
+at commit {commit()} (the runs it trains are cached: see the note below for the commit that
+trained them)
 
 ({len(args.seeds)} seeds: {", ".join(map(str, args.seeds))}; {runs} training runs, each its own
 process on one CPU thread, `--workers` {args.workers} at a time: {cpu / 60:.1f} CPU-minutes in all
@@ -1374,6 +1388,10 @@ table says otherwise. The run directories are cached under `runs/reproduce/` (no
 # tables; shown only for that configuration, since other runs give other numbers.
 NOTES: dict[str, str] = {
     "head": """\
+The training runs were made by this script at commit `bdd6fd4` (the fidelity branch, merged
+into main at `960f708`; later commits change neither the training loop's arithmetic nor the
+configs, which `cached()` checks before reusing a run).
+
 **In short.** At 6 epochs two of the papers' central findings failed here: in-place
 distillation cost 2.3 points and switchable BN stayed 5 points below the individual networks
 at width 0.25. Trained ten times longer, both largely come back: S-BN ends 0.2-0.6 points below
@@ -1442,15 +1460,16 @@ model with BN recalibrated after training beats it at every width. Incremental t
 (6 epochs per width) is within 1.1 points of the individual networks. Section 6 trains all of
 them ten times longer.""",
     "universal": """\
-**Reproduces: the sandwich rule and US-Nets against S-Nets.** n = 2 (only the smallest
-and the largest width) leaves the middle untrained: with distillation it drops to 82.9 % at 0.5,
-below its 90.2 % at 0.25. Without distillation, over the 31-width grid, n = 4 and 5 are within the
+**Reproduces: the sandwich rule and US-Nets against S-Nets.** n = 2 (only the smallest and the
+largest width) leaves the middle untrained: with distillation it drops to 82.9 % at 0.5, below
+its 90.2 % at 0.25. Without distillation, over the 31-width grid, n = 4 and 5 are within the
 seeds' spread of each other (94.7 ± 0.4 and 95.0 ± 0.4 %), n = 3 is 0.4 points lower and n = 2
-3.5 lower (94.3, 91.2 %): the paper's "n = 4, diminishing returns"; with distillation n = 3 is best (93.1 %) and n = 4, 5 are lower (92.3,
-90.5). Every US-Net with n >= 3 beats the S-Net at the S-Net's own widths (n = 4 without
-distillation: 91.8 against 84.3 % at 0.25, 95.4 against 92.6 % at 1.0), and it runs at all 31
-widths after calibration. (The curves are steps because channel counts round to multiples of 8:
-the 64-channel layer has 7 distinct sizes over the grid.)
+3.5 lower (94.3, 91.2 %): the paper's "n = 4, diminishing returns"; with distillation n = 3 is
+best (93.1 %) and n = 4, 5 are lower (92.3, 90.5). Every US-Net with n >= 3 beats the S-Net at
+the S-Net's own widths (n = 4 without distillation: 91.8 against 84.3 % at 0.25, 95.4 against
+92.6 % at 1.0), and it runs at all 31 widths after calibration. (The curves are steps because
+channel counts round to multiples of 8: the 64-channel layer has 7 distinct sizes over the
+grid.)
 
 **Does not reproduce at 6 epochs: in-place distillation.** Here it hurts at every n and at
 every width, including the full width that learns from the labels in both cases: n = 4 reaches
