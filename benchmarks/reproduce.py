@@ -912,10 +912,11 @@ def finding_long_distill(args, runs_dir: Path, img: Path, us: dict) -> tuple[str
         )
     plt = _plot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    colors = {r: f"C{i}" for i, r in enumerate(DISTILL_RECIPES)}  # one colour a recipe
     for r in DISTILL_RECIPES:
         for ax, w in zip(axes[:2], (1.0, 0.25), strict=True):
             per = curves[r][w]
-            band(ax, per[0][0], [p[1] for p in per], label=labels[r])
+            band(ax, per[0][0], [p[1] for p in per], label=labels[r], color=colors[r])
     for r in DISTILL_RECIPES:
         if r == "nokd":
             continue
@@ -923,7 +924,7 @@ def finding_long_distill(args, runs_dir: Path, img: Path, us: dict) -> tuple[str
             [[np.subtract(curves[r][w][i][1], curves["nokd"][w][i][1]) for w in ws]
              for i in range(len(seeds))], axis=(0, 1),
         ) * 100  # fmt: skip
-        axes[2].plot(epochs, g, marker=".", label=labels[r])
+        axes[2].plot(epochs, g, marker=".", label=labels[r], color=colors[r])
     axes[2].axhline(0, color="k", lw=0.8)
     axes[0].set(title="teacher (width 1.0)", xlabel="epoch", ylabel="top-1 (%)")
     axes[1].set(title="width 0.25", xlabel="epoch", ylabel="top-1 (%)")
