@@ -1214,6 +1214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from slimmable.train.engine import cpu_threads
 
+    args.commit = commit()  # before this run writes its figures into the checkout
     runs = plan(args)
     run_all(runs, runs_dir, args.workers)
     search_all(args, args.workers)  # AutoSlim on each seed's ResNet-20, then the retraining
@@ -1347,7 +1348,7 @@ Everything below comes from one run of
 
     {command}
 
-at commit {commit()} (the runs it trains are cached: see the note below for the commit that
+at commit {args.commit} (the runs it trains are cached: see the note below for the commit that
 trained them)
 
 ({len(args.seeds)} seeds: {", ".join(map(str, args.seeds))}; {runs} training runs, each its own
