@@ -100,11 +100,18 @@ def width_rows(
 
 def format_table(results: Sequence[dict]) -> str:
     """The per-width results as an aligned text table (accuracies in percent)."""
-    lines = [f"{'width':>7}  {'MACs':>9}  {'top-1':>7}  {'top-5':>7}"]
+    return width_table(results, (("top-1", "top1", 7), ("top-5", "top5", 7)))
+
+
+def width_table(results: Sequence[dict], columns: Sequence[tuple[str, str, int]]) -> str:
+    """Rows of width and MACs, then each ``(header, key, column width)`` metric in percent."""
+    head = "  ".join(f"{label:>{size}}" for label, _, size in columns)
+    lines = [f"{'width':>7}  {'MACs':>9}  {head}"]
     for r in results:
         macs = format_count(r["macs"]) if "macs" in r else "-"
         width = "map" if r["width"] is None else f"{r['width']:.3f}"
-        lines.append(f"{width:>7}  {macs:>9}  {100 * r['top1']:>6.2f}%  {100 * r['top5']:>6.2f}%")
+        cells = "  ".join(f"{100 * r[key]:>{size - 1}.2f}%" for _, key, size in columns)
+        lines.append(f"{width:>7}  {macs:>9}  {cells}")
     return "\n".join(lines)
 
 

@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .evaluate import forward_at_widths, width_rows
-from .units import format_count
+from .evaluate import forward_at_widths, width_rows, width_table
 from .widthspec import WidthSpec, parse_widths
 
 
@@ -112,14 +111,7 @@ def evaluate_segmentation(
 
 def format_segmentation_table(results: Sequence[dict]) -> str:
     """The per-width results as an aligned text table (percent)."""
-    lines = [f"{'width':>7}  {'MACs':>9}  {'mIoU':>7}  {'pixel acc':>9}"]
-    for r in results:
-        macs = format_count(r["macs"]) if "macs" in r else "-"
-        width = "map" if r["width"] is None else f"{r['width']:.3f}"
-        lines.append(
-            f"{width:>7}  {macs:>9}  {100 * r['miou']:>6.2f}%  {100 * r['pixel_acc']:>8.2f}%"
-        )
-    return "\n".join(lines)
+    return width_table(results, (("mIoU", "miou", 7), ("pixel acc", "pixel_acc", 9)))
 
 
 def segmentation_report(results: Sequence[dict]) -> dict:
