@@ -10,7 +10,7 @@ interleaved rounds of in-place / extracted time ratios at each width (target <= 
 the zoo), with a second extracted copy as the control.
 
     PYTHONPATH=src python benchmarks/convert.py [--archs vgg,densenet,...] [--size 224]
-        [--rounds 20] [--repeats 3] [--threads 1] [--json benchmarks/results/convert.json]
+        [--rounds 100] [--repeats 3] [--threads 1] [--json benchmarks/results/convert.json]
         [--markdown docs/convert.md]
 """
 
@@ -112,7 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", default=",".join([*byom.ARCHITECTURES, "resnet50"]))
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default="benchmarks/results/convert.json")

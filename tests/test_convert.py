@@ -395,3 +395,35 @@ def test_parametrizations_and_pruning_work_on_converted_layers():
         with slimmable.freeze(model):
             torch.testing.assert_close(model(x), y)
     assert torch.isfinite(y).all()
+
+
+def test_a_frozen_converted_model_follows_its_width_and_every_write():
+    """ConvNeXt's layer scale and hand-written LayerNorm2d are sliced user modules: frozen, their
+    slices are memoized too, and still follow the width and each write to their parameters."""
+    model, x = build("convnext"), example()
+    convert(model, x, widths=S_WIDTHS)
+    model.eval()
+    block, norm = model.features[1][0], model.features[2][0]  # layer scale; LayerNorm2d
+
+    def reference():  # with gradients on, no layer reads its memo
+        with torch.enable_grad():
+            return model(x).detach()
+
+    scale = block._parameters["layer_scale"]  # (block.layer_scale reads the active slice)
+    writes = [
+        lambda: block.layer_scale.data.mul_(3.0),
+        lambda: setattr(scale, "data", torch.randn_like(scale)),  # new storage, same parameter
+        lambda: setattr(norm, "weight", nn.Parameter(torch.randn(16))),  # a new parameter
+        lambda: model.load_state_dict({**model.state_dict(), "features.2.0.bias": norm.bias + 1}),
+    ]
+    with slimmable.freeze(model), torch.no_grad():
+        for write in writes:
+            for width in S_WIDTHS:
+                slimmable.set_width(model, width)
+                torch.testing.assert_close(model(x), reference(), rtol=0, atol=0)
+            before = model(x)
+            write()
+            after = model(x)
+            assert not torch.equal(after, before)
+            torch.testing.assert_close(after, reference(), rtol=0, atol=0)
+        assert len(block._memo) > 0  # the sliced module did memoize

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
+import slimmable
 from slimmable import (
     SlimmableConv2d,
     SlimmableLinear,
@@ -17,7 +18,7 @@ from slimmable import (
     USLinear,
     make_divisible,
 )
-from slimmable.layers import freeze, scale_channels
+from slimmable.layers import SlimmableLayerNorm, freeze, scale_channels
 
 US_WIDTHS = [0.25, 0.33, 0.5, 0.61, 0.8, 1.0]
 
@@ -290,6 +291,32 @@ def test_frozen_memo_spares_the_copy_and_tracks_weight_updates():
     assert conv._memo is None and type(conv.weight) is nn.Parameter  # thawed on exit
 
 
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_a_frozen_layer_follows_its_width_however_it_is_set(kind):
+    """The memo is keyed on the width: switching it, by ``set_width`` or by assigning
+    ``layer.width``, never serves another width's slices."""
+    if kind == "conv":
+        layer = SlimmableConv2d(16, 16, 3, padding=1, widths=(0.25, 0.5, 1.0)).eval()
+    else:
+        layer = SlimmableLinear(16, 16, widths=(0.25, 0.5, 1.0), fixed_out=False).eval()
+    conv = kind == "conv"
+
+    def dense(c, x):
+        w, b = layer.weight[:c, : x.shape[1]], layer.bias[:c]
+        return F.conv2d(x, w, b, padding=1) if conv else F.linear(x, w, b)
+
+    with freeze(layer), torch.no_grad():
+        for width, c_in in [(0.5, 8), (0.25, 8), (1.0, 16), (0.5, 4), (0.5, 8)]:
+            x = torch.randn(1, c_in, 5, 5) if conv else torch.randn(2, c_in)
+            if width == 0.25:
+                slimmable.set_width(layer, width)
+            else:
+                layer.width = width
+            c = layer.channels_at(width)
+            torch.testing.assert_close(layer(x), dense(c, x), rtol=0, atol=0)
+        assert len(layer._memo) == 4  # one entry per (width, input channels) seen
+
+
 def _change_bias_in_place(layer):
     with torch.no_grad():
         layer.bias.add_(1.0)
@@ -334,7 +361,13 @@ def _prune(layer):
     prune.l1_unstructured(layer, "weight", amount=0.5)
 
 
+def _prune_bias(layer):
+    prune.l1_unstructured(layer, "bias", amount=0.5)  # the bias leaves _parameters
+
+
 def _dense(kind, layer, x):
+    if kind == "layernorm":
+        return F.layer_norm(x, (8,), layer.weight[:8], layer.bias[:8], layer.eps)
     weight, bias = layer.weight[:8, :8], layer.bias[:8]
     return F.conv2d(x, weight, bias, padding=1) if kind == "conv" else F.linear(x, weight, bias)
 
@@ -349,16 +382,22 @@ CHANGES = [
     _new_parameter,
     _parametrize,
     _prune,
+    _prune_bias,
 ]
 
 
 @pytest.mark.parametrize("frozen", [False, True])
 @pytest.mark.parametrize("change", CHANGES)
-@pytest.mark.parametrize("kind", ["conv", "linear"])
+@pytest.mark.parametrize("kind", ["conv", "linear", "layernorm"])
 def test_layers_compute_with_their_current_weights_however_they_change(kind, change, frozen):
     if kind == "conv":
         layer = USConv2d(16, 16, 3, padding=1, width_range=(0.25, 1.0)).eval()
         x = torch.randn(1, 8, 5, 5)
+    elif kind == "layernorm":
+        layer = SlimmableLayerNorm(16).eval()
+        with torch.no_grad():
+            layer.weight.normal_(), layer.bias.normal_()
+        x = torch.randn(2, 3, 8)
     else:
         layer = USLinear(16, 16, width_range=(0.25, 1.0), fixed_out=False).eval()
         x = torch.randn(2, 8)

@@ -49,10 +49,10 @@ def test_policy_picks_the_widest_width_that_meets_the_slo():
     assert choose_width(TABLE, widths, 8, 0.0, 50.0, arrival_rate=0.1) == 1.0  # 4.5 arrive
     assert choose_width(TABLE, widths, 1, 0.0, 50.0, arrival_rate=0.2) == 0.5  # 2 vs 0.8
     assert choose_width(TABLE, widths, 1, 0.0, 50.0, arrival_rate=1.0) == 0.25  # none: min
-    # ... with slack: at headroom 0.8, 0.5 width (0.8 of 1 image arriving) still qualifies,
-    # at 0.25 images/ms (1 arriving) it does not
-    assert choose_width(TABLE, widths, 1, 0.0, 50.0, 0.8, arrival_rate=0.19) == 0.5
-    assert choose_width(TABLE, widths, 1, 0.0, 50.0, 0.8, arrival_rate=0.25) == 0.25
+    # ... with slack: at utilisation 0.6, width 0.5 (0.6 of 1 image arriving) still qualifies,
+    # at 0.2 images/ms (0.8 arriving) it does not
+    assert choose_width(TABLE, widths, 1, 0.0, 50.0, 0.8, 0.15, utilisation=0.6) == 0.5
+    assert choose_width(TABLE, widths, 1, 0.0, 50.0, 0.8, 0.2, utilisation=0.6) == 0.25
     # headroom: only 80% of the SLO is planned with
 
     assert choose_width(TABLE, widths, batch=8, waited_ms=0.0, slo_ms=50.0, headroom=0.8) == 0.5
@@ -83,11 +83,33 @@ def test_arrival_rate_counts_the_recent_window():
     assert rate.rate(10_000.0) == 0.0  # nothing recent
 
 
+def test_the_server_plans_with_the_arrival_rate():
+    """The batcher passes the recent arrival rate to the policy: with requests arriving faster
+    than full width clears them, a batch that would meet the SLO on its own runs narrower."""
+    from types import SimpleNamespace
+
+    from slimmable.serve.app import Batcher, Metrics, _Job
+
+    widths = [0.25, 0.5, 1.0]
+    backend = SimpleNamespace(card=SimpleNamespace(width_values=widths))
+    config = ServeConfig(slo_ms=50.0, headroom=1.0, utilisation=1.0)
+    batcher = Batcher(backend, config, TABLE, Metrics(widths))
+    assert batcher.choose(None, 8, 0.0) == 1.0  # nothing has arrived: 45 ms fits in 50
+    now = time.perf_counter()
+    for i in range(200):  # 0.2 images per ms over the last second
+        job = _Job(np.zeros((1, 1, 8, 8)), None, 1, now - 1.0 + i * 0.005, None, None)
+        batcher.arrivals.add(1e3 * job.arrived, 1)
+    assert batcher.choose(None, 8, 0.0) == 0.5  # 9 would arrive during a full-width batch of 8
+    assert batcher.choose(0.25, 8, 0.0) == 0.25  # a pinned width is served as asked
+
+
 def test_config_refuses_contradictions():
     with pytest.raises(ValueError, match="--policy fixed"):
         ServeConfig(policy="adaptive", width=0.5)
     with pytest.raises(ValueError, match="--slo-ms"):
         ServeConfig(slo_ms=0)
+    with pytest.raises(ValueError, match="--utilisation"):
+        ServeConfig(utilisation=1.5)
     with pytest.raises(ValueError, match="--policy must be"):
         ServeConfig(policy="fast")
 
@@ -446,3 +468,29 @@ def test_a_request_whose_client_left_is_not_computed(tmp_path):
         gate.set()
         srv.should_exit = True
         thread.join(30)
+
+
+def test_the_policy_simulation_keeps_the_slo_and_the_accuracy():
+    """benchmarks/serve_policy.py's batcher model, on the policy test's latency table: at light
+    load it serves full width; at a load full width cannot sustain it serves narrower within
+    the SLO, and a lower utilisation bound never serves wider."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_policy.py"
+    spec = importlib.util.spec_from_file_location("serve_policy", path)
+    sim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sim)
+    table = {w: dict(sizes) for w, sizes in TABLE.points.items()}
+    kw = {"headroom": 0.8, "max_batch": 8, "seconds": 20.0, "noise": 0.1, "overhead_ms": 1.0}
+
+    def run(rate, u):
+        lat, served = sim.simulate(table, rate, 50.0, utilisation=u, seed=0, **kw)
+        lat.sort()
+        return lat[int(0.99 * (len(lat) - 1))], sum(served) / len(served)
+
+    p99, mean_width = run(20.0, 0.6)  # a fifth of full width's 100/s
+    assert mean_width > 0.9 and p99 < 50.0
+    p99, mean_width = run(150.0, 0.6)  # 1.5x full width's capacity
+    assert mean_width < 0.75 and p99 < 50.0
+    assert run(150.0, 0.5)[1] <= run(150.0, 0.9)[1]

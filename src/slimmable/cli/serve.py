@@ -34,6 +34,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--headroom", type=float, default=0.8,
         help="share of --slo-ms the policy plans with (default 0.8; the rest covers HTTP)",
     )  # fmt: skip
+    p.add_argument(
+        "--utilisation", type=float, default=0.6,
+        help="most of a width's capacity the arrivals may use (default 0.6; keeps the queue short)",
+    )  # fmt: skip
     p.add_argument("--threads", type=positive_int, help="compute threads (default: torch's)")
     p.add_argument(
         "--input-size", type=positive_int, help="zoo models only: image side (default: the model's)"
@@ -58,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         width=args.width,
         max_batch=args.max_batch,
         headroom=args.headroom,
+        utilisation=args.utilisation,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
     )
     if args.threads is not None:

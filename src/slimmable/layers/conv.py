@@ -107,17 +107,17 @@ class _WidthConv2d(WidthMixin, nn.Conv2d):
         gathered copies. While the model is frozen (:func:`slimmable.freeze`) and gradients are
         off, they are memoized per width.
         """
+        memo = self._memo
+        if memo is not None and not torch.is_grad_enabled():
+            return memo.layer_slices(self, in_channels, self._active_weights, self.width)
+        return self._active_weights(in_channels)
+
+    def _active_weights(self, in_channels: int) -> tuple[Tensor, Tensor | None, int]:
         out, in_per_group, groups = self.active_shape(in_channels)
         weight, bias = self.weight, self.bias
         layout = self.input_layout
         index = None if layout is None else layout.indices(in_channels, weight.device)
-        memo = self._memo
-        if memo is not None and not torch.is_grad_enabled():
-            key = (out, in_channels, None if index is None else id(index))
-            sources = (weight,) if bias is None else (weight, bias)
-            w, b = memo.get(key, sources, self._slices, weight, bias, out, in_per_group, index)
-        else:
-            w, b = self._slices(weight, bias, out, in_per_group, index)
+        w, b = self._slices(weight, bias, out, in_per_group, index)
         return w, b, groups
 
     def _slices(
@@ -131,6 +131,17 @@ class _WidthConv2d(WidthMixin, nn.Conv2d):
         return w.contiguous(), b
 
     def forward(self, x: Tensor) -> Tensor:
+        memo = self._memo
+        if (
+            memo is not None
+            and self.padding_mode == "zeros"
+            and not torch.is_grad_enabled()
+            and not is_compiling()
+        ):  # a frozen model serving requests: the shortest path (see slimmable.freeze)
+            weight, bias, groups = memo.layer_slices(
+                self, x.shape[1], self._active_weights, self.width
+            )
+            return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
         padding = self.padding
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)

@@ -71,18 +71,23 @@ class _WidthLinear(WidthMixin, nn.Linear):
         hook), memoized per width while the model is frozen (:func:`slimmable.freeze`) and
         gradients are off.
         """
+        memo = self._memo
+        if memo is not None and not torch.is_grad_enabled():
+            return memo.layer_slices(self, in_features, self._active_weights, self.width)
+        return self._active_weights(in_features)
+
+    def _active_weights(self, in_features: int) -> tuple[Tensor, Tensor | None]:
         out, inp = self.active_shape(in_features)
         weight, bias = self.weight, self.bias
         layout = self.input_layout
         index = None if layout is None else layout.indices(inp, weight.device)
-        memo = self._memo
-        if memo is not None and not torch.is_grad_enabled():
-            key = (out, inp, None if index is None else id(index))
-            sources = (weight,) if bias is None else (weight, bias)
-            return memo.get(key, sources, _slices, weight, bias, out, inp, index)
         return _slices(weight, bias, out, inp, index)
 
     def forward(self, x: Tensor) -> Tensor:
+        memo = self._memo
+        if memo is not None and not torch.is_grad_enabled() and not is_compiling():
+            weight, bias = memo.layer_slices(self, x.shape[-1], self._active_weights, self.width)
+            return F.linear(x, weight, bias)  # a frozen model serving: see slimmable.freeze
         if is_compiling() and self.input_layout is None:  # one graph for every width
             out, _ = self.active_shape(x.shape[-1])
             return sliced_linear(x, self.weight, self.bias, out)

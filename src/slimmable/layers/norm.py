@@ -484,14 +484,19 @@ class SlimmableLayerNorm(nn.LayerNorm):
         if len(self.normalized_shape) != 1:
             raise ValueError("SlimmableLayerNorm normalizes one (channel) dimension")
         self.input_layout: ChannelLayout | None = None
+        self._memo: SliceMemo | None = None  # while frozen (slimmable.freeze)
 
     def input_channels(self, x: Tensor) -> int:
         return x.shape[-1]
 
-    def _affine(self, c: int, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+    def _affine(self, c: int, device: torch.device | None = None) -> tuple[Tensor | None, ...]:
+        if c > self.normalized_shape[0]:
+            raise ValueError(f"{self} got {c} channels")
         layout = self.input_layout
-        index = None if layout is None else layout.indices(c, device)
         weight, bias = self.weight, self.bias
+        if device is None:
+            device = weight.device if weight is not None else torch.device("cpu")
+        index = None if layout is None else layout.indices(c, device)
         return (
             None if weight is None else gather(weight, 0, c, index),
             None if bias is None else gather(bias, 0, c, index),
@@ -499,9 +504,11 @@ class SlimmableLayerNorm(nn.LayerNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         c = x.shape[-1]
-        if c > self.normalized_shape[0]:
-            raise ValueError(f"{self} got {c} channels")
-        weight, bias = self._affine(c, x.device)
+        memo = self._memo
+        if memo is not None and not torch.is_grad_enabled():
+            weight, bias = memo.layer_slices(self, c, self._affine)
+        else:
+            weight, bias = self._affine(c, x.device)
         return F.layer_norm(x, (c,), weight, bias, self.eps)
 
     def to_dense(self, in_channels: int) -> nn.LayerNorm:

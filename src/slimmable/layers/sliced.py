@@ -11,7 +11,7 @@ slices, as an extracted sub-network needs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +46,14 @@ class SliceSpec:
             return self.channels.count()
         return sum(self.channels.counts())
 
+    def state(self) -> Hashable:
+        """What decides the active channels now (a memo key): the producer's width, or the
+        active counts of a concatenation's parts."""
+        if isinstance(self.channels, ChannelSegment):
+            producer = self.channels.producer
+            return None if producer is None else producer.width
+        return self.channels.counts()
+
     def apply(self, t: Tensor) -> Tensor:
         """``t`` restricted to the active channels along ``dim``."""
         n = self.count()
@@ -57,12 +65,17 @@ class SliceSpec:
 def _attribute(name: str) -> property:
     def get(self: nn.Module):
         spec = self.__dict__[_SLICES][name]
-        if spec.kind == "shape":
-            return (spec.count(),)
-        if spec.kind == "size":
-            return spec.count()
-        raw = self._parameters[name] if name in self._parameters else self._buffers[name]
-        return None if raw is None else spec.apply(raw)
+        if spec.kind == "tensor":
+            raw = self._parameters[name] if name in self._parameters else self._buffers[name]
+            if raw is None:
+                return None
+            memo = self.__dict__["_memo"]
+            if memo is not None and not torch.is_grad_enabled():  # frozen: see slimmable.freeze
+                return memo.get((name, spec.state()), (raw,), spec.apply, raw)
+            return spec.apply(raw)
+        memo = self.__dict__["_memo"]
+        n = memo.get((name, spec.state()), (), spec.count) if memo is not None else spec.count()
+        return (n,) if spec.kind == "shape" else n
 
     def set_(self: nn.Module, value) -> None:  # only plain values reach here (see nn.Module)
         self.__dict__[name] = value
@@ -94,6 +107,7 @@ def make_sliced(module: nn.Module, specs: Mapping[str, SliceSpec]) -> None:
             raise ValueError(f"{type(module).__name__}.{name} has no dim {spec.dim} of {spec.size}")
     module.__dict__[_ORIGINAL] = type(module)
     module.__dict__[_SLICES] = dict(specs)
+    module.__dict__["_memo"] = None  # a SliceMemo while frozen (slimmable.freeze)
     module.__class__ = _sliced_class(type(module), frozenset(specs))
 
 
@@ -105,6 +119,7 @@ def unmake_sliced(module: nn.Module) -> None:
     """Give ``module`` back its own class (its full tensors were never touched)."""
     module.__class__ = module.__dict__.pop(_ORIGINAL)
     del module.__dict__[_SLICES]
+    module.__dict__.pop("_memo", None)
 
 
 def materialize_sliced(module: nn.Module) -> None:

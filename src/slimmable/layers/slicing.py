@@ -3,9 +3,10 @@
 A leading slice of a weight along its output channels is a free view; a slice along its input
 channels is not contiguous, and a convolution copies it on every call. At batch 1 that copy costs
 as much as a small layer, so a model that is about to serve requests can be *frozen*
-(:func:`freeze`): its layers then memoize the contiguous slices of each width they run at. The
-memo is only ever used while frozen and with gradients off, and an entry is only reused while
-its source is the very same tensor, at the same storage and version counter. Freezing also
+(:func:`freeze`): its layers then memoize the contiguous slices of each width they run at, keyed
+on the layer's width and input channels (:meth:`SliceMemo.layer_slices`, the serving hot path).
+The memo is only ever used while frozen and with gradients off, and an entry is only reused
+while its sources are the very same tensors, at the same storage and version counter. Freezing also
 makes every read of ``param.data`` bump the parameter's version counter (its class is swapped
 for :class:`_WatchedParameter` until the model is thawed), so the one write path that version
 counters miss, ``param.data.mul_(...)``, refreshes the memo too. Outside a frozen block nothing
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 T = TypeVar("T")
+_ABSENT = object()  # a parameter that is not in a module's _parameters
 
 
 class SliceMemo:
@@ -31,20 +33,68 @@ class SliceMemo:
 
     def __init__(self, max_entries: int = 8) -> None:
         self.max_entries = max_entries
+        # key -> (stamp, value); a stamp is (tensor, version, data_ptr) for each source, flat.
         self._entries: OrderedDict[Hashable, tuple[tuple, object]] = OrderedDict()
 
     def get(
         self, key: Hashable, sources: tuple[Tensor, ...], build: Callable[..., T], *args: object
     ) -> T:
         """The value memoized for ``key`` if its sources are unchanged, else ``build(*args)``."""
-        entries = self._entries
-        hit = entries.get(key)
+        hit = self._entries.get(key)
         if hit is not None and _unchanged(hit[0], sources):
-            if len(entries) > 1:
-                entries.move_to_end(key)
-            return hit[1]  # type: ignore[return-value]
-        value = build(*args)
-        entries[key] = (tuple((t, t._version, t.data_ptr()) for t in sources), value)
+            return self._reuse(key, hit[1])
+        return self._store(key, sources, build(*args))
+
+    def layer_slices(
+        self,
+        layer: nn.Module,
+        in_channels: int,
+        build: Callable[[int], T],
+        width: float | None = None,
+    ) -> T:
+        """``build(in_channels)`` memoized for a layer with a ``weight`` and a ``bias``.
+
+        The serving hot path, so the checks are written out: the layer's weight and bias are
+        read straight from its ``_parameters``, and the key is the layer's ``width`` (which
+        decides its active output channels; ``None`` for a norm, whose channels are its
+        input's) and input channels, plus the active parts of a concatenated input. A
+        parametrized or pruned weight or bias is not in ``_parameters`` (it is recomputed on
+        every call), so it is never memoized.
+        """
+        params = layer._parameters
+        weight, bias = params.get("weight", _ABSENT), params.get("bias", _ABSENT)
+        if weight is _ABSENT or weight is None or bias is _ABSENT:  # (None: a norm without affine)
+            return build(in_channels)
+        layout = layer.input_layout
+        key = (width, in_channels, None if layout is None else layout.counts())
+        hit = self._entries.get(key)
+        if hit is not None:
+            stamp = hit[0]
+            if (
+                stamp[0] is weight
+                and stamp[1] == weight._version
+                and stamp[2] == weight.data_ptr()
+                and (
+                    bias is None
+                    or (
+                        stamp[3] is bias
+                        and stamp[4] == bias._version
+                        and stamp[5] == bias.data_ptr()
+                    )
+                )
+            ):
+                return self._reuse(key, hit[1])
+        sources = (weight,) if bias is None else (weight, bias)
+        return self._store(key, sources, build(in_channels))
+
+    def _reuse(self, key: Hashable, value: T) -> T:
+        if len(self._entries) > 1:
+            self._entries.move_to_end(key)
+        return value
+
+    def _store(self, key: Hashable, sources: tuple[Tensor, ...], value: T) -> T:
+        entries = self._entries
+        entries[key] = (tuple(x for t in sources for x in (t, t._version, t.data_ptr())), value)
         while len(entries) > self.max_entries:
             entries.popitem(last=False)
         return value
@@ -68,8 +118,14 @@ class SliceMemo:
 
 def _unchanged(stamp: tuple, sources: tuple[Tensor, ...]) -> bool:
     # The memo holds each source, so no other tensor can take its address meanwhile.
-    for (t, version, ptr), s in zip(stamp, sources, strict=True):
-        if s is not t or s._version != version or s.data_ptr() != ptr:
+    if len(stamp) != 3 * len(sources):
+        return False
+    for i, s in enumerate(sources):
+        if (
+            s is not stamp[3 * i]
+            or s._version != stamp[3 * i + 1]
+            or s.data_ptr() != stamp[3 * i + 2]
+        ):
             return False
     return True
 

@@ -59,6 +59,7 @@ class ServeConfig:
     width: float | None = None  # the fixed policy's width (default: the widest)
     max_batch: int = 16
     headroom: float = 0.8  # share of the SLO the server's own view of a request may use
+    utilisation: float = 0.6  # most of a width's capacity the arrivals may use
     max_body_bytes: int = MAX_BODY_BYTES
     warmup: int = 1
     repeats: int = 3
@@ -70,6 +71,8 @@ class ServeConfig:
             raise ValueError(f"--slo-ms must be a positive number, got {self.slo_ms}")
         if not 0.0 < self.headroom <= 1.0:
             raise ValueError(f"--headroom must be in (0, 1], got {self.headroom}")
+        if not 0.0 < self.utilisation <= 1.0:
+            raise ValueError(f"--utilisation must be in (0, 1], got {self.utilisation}")
         if self.max_batch < 1:
             raise ValueError(f"--max-batch must be at least 1, got {self.max_batch}")
         if self.width is not None and self.policy == "adaptive":
@@ -171,8 +174,16 @@ class Batcher:
         if self.config.policy == "fixed":
             return self.fixed_width
         config = self.config
+        rate = self.arrivals.rate(1e3 * time.perf_counter())  # images per ms, recently
         return choose_width(
-            self.table, self.widths, batch, waited_ms, config.slo_ms, config.headroom
+            self.table,
+            self.widths,
+            batch,
+            waited_ms,
+            config.slo_ms,
+            config.headroom,
+            arrival_rate=rate,
+            utilisation=config.utilisation,
         )
 
     def _take(self) -> list[_Job] | None:
@@ -471,6 +482,7 @@ class SlimmableService:
             "policy": self.config.policy,
             "slo_ms": self.config.slo_ms,
             "headroom": self.config.headroom,
+            "utilisation": self.config.utilisation,
             "slowdown": round(self.table.scale, 3),
             "max_batch": self.config.max_batch,
             "widths": rows,

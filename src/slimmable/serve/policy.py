@@ -3,7 +3,7 @@
 Pure functions over a table of measured latencies, so the choice is testable without a server.
 For a batch of ``n`` images whose oldest request has waited ``q`` ms, the adaptive policy picks
 
-    width = max { w : q + s L(w, n) <= h slo  and  lambda s L(w, n) <= h n }
+    width = max { w : q + s L(w, n) <= h slo  and  lambda s L(w, n) <= u n }
                                                         (the smallest width if no w qualifies)
 
 where ``L(w, n)`` is the compute time of a batch of ``n`` images at width ``w`` measured at
@@ -13,11 +13,12 @@ exponential moving average of measured / start-up time over every batch: a machi
 busier slows every width alike), and ``h`` the headroom (``--headroom``, default 0.8): the share
 of the SLO the server's own view of a request may use; the rest covers what it cannot see
 (connection set-up, HTTP parsing, the answer's trip back). The second condition keeps the
-queue from growing: the batch must clear more images than arrive while it runs, by the same
-headroom (``lambda``: the images per ms that arrived over the last two seconds; a queue run
-near full utilisation has unbounded waits, so the width must leave ``1 - h`` of slack).
-Without it a server at twice its full-width capacity kept starting wide batches whenever the
-queue was short, and the requests arriving behind them were late.
+queue short: the width's utilisation (``lambda``, the images per ms that arrived over the last
+two seconds, times its compute time per image) must stay at most ``u`` (``--utilisation``,
+default 0.6). Waits in a queue grow like ``rho / (1 - rho)`` with the utilisation ``rho``, and
+with a batch taking a quarter of the SLO, a width run at 0.8 of its capacity makes the requests
+queued behind a burst late. Without the condition a server at twice its full-width capacity
+kept starting wide batches whenever the queue was short.
 """
 
 from __future__ import annotations
@@ -85,9 +86,10 @@ def choose_width(
     slo_ms: float,
     headroom: float = 1.0,
     arrival_rate: float = 0.0,
+    utilisation: float = 1.0,
 ) -> float:
     """The widest of ``widths`` that answers this batch within ``headroom * slo_ms`` and keeps
-    up with the arrivals: ``arrival_rate * time <= headroom * batch``.
+    the queue short: ``arrival_rate * time <= utilisation * batch``.
 
     ``waited_ms`` is how long the oldest request of the batch has been in the server;
     ``arrival_rate`` is the recent rate of arriving images per ms (0: ignore the queue's
@@ -99,7 +101,7 @@ def choose_width(
     ordered = sorted(widths, reverse=True)
     for w in ordered:
         run = table.predict(w, batch)
-        if waited_ms + run <= headroom * slo_ms and arrival_rate * run <= headroom * batch:
+        if waited_ms + run <= headroom * slo_ms and arrival_rate * run <= utilisation * batch:
             return w
     return ordered[-1]
 
