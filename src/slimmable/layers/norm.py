@@ -489,14 +489,16 @@ class SlimmableLayerNorm(nn.LayerNorm):
     def input_channels(self, x: Tensor) -> int:
         return x.shape[-1]
 
-    def _affine(self, c: int, device: torch.device | None = None) -> tuple[Tensor | None, ...]:
+    def _affine(self, c: int) -> tuple[Tensor | None, Tensor | None]:
+        """The affine's slices for ``c`` active channels (gathered, for a concatenated input)."""
         if c > self.normalized_shape[0]:
             raise ValueError(f"{self} got {c} channels")
         layout = self.input_layout
         weight, bias = self.weight, self.bias
-        if device is None:
-            device = weight.device if weight is not None else torch.device("cpu")
-        index = None if layout is None else layout.indices(c, device)
+        index = None
+        if layout is not None:  # the index lives where the affine does
+            some = weight if weight is not None else bias
+            index = layout.indices(c, None if some is None else some.device)
         return (
             None if weight is None else gather(weight, 0, c, index),
             None if bias is None else gather(bias, 0, c, index),
@@ -508,12 +510,12 @@ class SlimmableLayerNorm(nn.LayerNorm):
         if memo is not None and not torch.is_grad_enabled():
             weight, bias = memo.layer_slices(self, c, self._affine)
         else:
-            weight, bias = self._affine(c, x.device)
+            weight, bias = self._affine(c)
         return F.layer_norm(x, (c,), weight, bias, self.eps)
 
     def to_dense(self, in_channels: int) -> nn.LayerNorm:
         """A plain ``nn.LayerNorm`` over ``in_channels`` channels, with copied affine."""
-        weight, bias = self._affine(in_channels, torch.device("cpu"))
+        weight, bias = self._affine(in_channels)
         dense = nn.LayerNorm(
             in_channels, self.eps, weight is not None, bias is not None, device="meta"
         )
