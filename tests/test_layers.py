@@ -344,8 +344,31 @@ def _load_state_dict(layer):
     layer.load_state_dict(state)
 
 
+def _load_state_dict_swapping(layer):  # torch's opt-in path: swap_tensors, no copy_
+    previous = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        _load_state_dict(layer)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(previous)
+
+
+def _swap_tensors(layer):
+    torch.utils.swap_tensors(layer.weight, nn.Parameter(torch.randn_like(layer.weight)))
+
+
 def _new_parameter(layer):
     layer.weight = nn.Parameter(torch.randn_like(layer.weight))
+
+
+def _new_parameter_then_data(layer):  # a parameter the freeze never saw, then written
+    _new_parameter(layer)
+    layer(torch.randn(1, 8, 5, 5) if layer.weight.dim() == 4 else torch.randn(2, 8))
+    layer.weight.data = torch.randn_like(layer.weight)
+
+
+def _remove_bias(layer):
+    layer.bias = None
 
 
 class _Double(nn.Module):
@@ -367,8 +390,9 @@ def _prune_bias(layer):
 
 def _dense(kind, layer, x):
     if kind == "layernorm":
-        return F.layer_norm(x, (8,), layer.weight[:8], layer.bias[:8], layer.eps)
-    weight, bias = layer.weight[:8, :8], layer.bias[:8]
+        bias = None if layer.bias is None else layer.bias[:8]
+        return F.layer_norm(x, (8,), layer.weight[:8], bias, layer.eps)
+    weight, bias = layer.weight[:8, :8], None if layer.bias is None else layer.bias[:8]
     return F.conv2d(x, weight, bias, padding=1) if kind == "conv" else F.linear(x, weight, bias)
 
 
@@ -379,7 +403,11 @@ CHANGES = [
     _write_through_data,
     _write_through_detach,
     _load_state_dict,
+    _load_state_dict_swapping,
+    _swap_tensors,
     _new_parameter,
+    _new_parameter_then_data,
+    _remove_bias,
     _parametrize,
     _prune,
     _prune_bias,

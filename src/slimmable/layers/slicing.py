@@ -7,10 +7,14 @@ as much as a small layer, so a model that is about to serve requests can be *fro
 on the layer's width and input channels (:meth:`SliceMemo.layer_slices`, the serving hot path).
 The memo is only ever used while frozen and with gradients off, and an entry is only reused
 while its sources are the very same tensors, at the same storage and version counter. Freezing also
-makes every read of ``param.data`` bump the parameter's version counter (its class is swapped
-for :class:`_WatchedParameter` until the model is thawed), so the one write path that version
-counters miss, ``param.data.mul_(...)``, refreshes the memo too. Outside a frozen block nothing
-is memoized: a layer always computes with its current weights.
+makes every read or assignment of ``param.data`` bump the parameter's version counter (its class
+is swapped for :class:`_WatchedParameter` until the model is thawed), so the one write path that
+version counters miss, ``param.data.mul_(...)``, refreshes the memo too, and a watched
+parameter's storage never changes without a version bump. The memo reads a watched parameter's
+version through a plain alias that shares its counter (a parameter subclass's attributes cost
+three times a plain tensor's) and holds detached tensors only (a view of a parameter would stop
+``torch.utils.swap_tensors`` from replacing it). Outside a frozen block nothing is memoized: a
+layer always computes with its current weights.
 """
 
 from __future__ import annotations
@@ -29,11 +33,11 @@ _ABSENT = object()  # a parameter that is not in a module's _parameters
 
 class SliceMemo:
     """A small LRU of tensors derived from source tensors, each valid while its sources are
-    the same objects at the same storage and version."""
+    the same objects at the same storage and version (see :func:`_stamp`)."""
 
     def __init__(self, max_entries: int = 8) -> None:
         self.max_entries = max_entries
-        # key -> (stamp, value); a stamp is (tensor, version, data_ptr) for each source, flat.
+        # key -> (stamp, value); a stamp is _stamp(t) for each source, flat.
         self._entries: OrderedDict[Hashable, tuple[tuple, object]] = OrderedDict()
 
     def get(
@@ -57,35 +61,33 @@ class SliceMemo:
         The serving hot path, so the checks are written out: the layer's weight and bias are
         read straight from its ``_parameters``, and the key is the layer's ``width`` (which
         decides its active output channels; ``None`` for a norm, whose channels are its
-        input's) and input channels, plus the active parts of a concatenated input. A
-        parametrized or pruned weight or bias is not in ``_parameters`` (it is recomputed on
-        every call), so it is never memoized.
+        input's) and input channels, plus the active parts of a concatenated input. Only
+        watched parameters are memoized (and a missing bias): a parametrized or pruned weight
+        or bias is not in ``_parameters`` (it is recomputed on every call), and one assigned
+        after :func:`freeze` is not watched.
         """
         params = layer._parameters
-        weight, bias = params.get("weight", _ABSENT), params.get("bias", _ABSENT)
-        if weight is _ABSENT or weight is None or bias is _ABSENT:  # (None: a norm without affine)
+        weight, bias = params.get("weight"), params.get("bias", _ABSENT)
+        if type(weight) is not _WatchedParameter or not (
+            bias is None or type(bias) is _WatchedParameter
+        ):
             return build(in_channels)
         layout = layer.input_layout
         key = (width, in_channels, None if layout is None else layout.counts())
         hit = self._entries.get(key)
         if hit is not None:
-            stamp = hit[0]
+            stamp = hit[0]  # (weight, alias, version, None) + the same for the bias, or None
             if (
                 stamp[0] is weight
-                and stamp[1] == weight._version
-                and stamp[2] == weight.data_ptr()
-                and (
-                    bias is None
-                    or (
-                        stamp[3] is bias
-                        and stamp[4] == bias._version
-                        and stamp[5] == bias.data_ptr()
-                    )
-                )
+                and stamp[1]._version == stamp[2]
+                and stamp[4] is bias
+                and (bias is None or stamp[5]._version == stamp[6])
             ):
                 return self._reuse(key, hit[1])
-        sources = (weight,) if bias is None else (weight, bias)
-        return self._store(key, sources, build(in_channels))
+        value = _detached(build(in_channels))
+        self._entries[key] = (_stamp(weight) + (_NO_STAMP if bias is None else _stamp(bias)), value)
+        self._trim()
+        return value
 
     def _reuse(self, key: Hashable, value: T) -> T:
         if len(self._entries) > 1:
@@ -93,11 +95,14 @@ class SliceMemo:
         return value
 
     def _store(self, key: Hashable, sources: tuple[Tensor, ...], value: T) -> T:
-        entries = self._entries
-        entries[key] = (tuple(x for t in sources for x in (t, t._version, t.data_ptr())), value)
-        while len(entries) > self.max_entries:
-            entries.popitem(last=False)
+        value = _detached(value)
+        self._entries[key] = (tuple(x for t in sources for x in _stamp(t)), value)
+        self._trim()
         return value
+
+    def _trim(self) -> None:
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
 
     def clear(self) -> None:
         self._entries.clear()
@@ -116,16 +121,48 @@ class SliceMemo:
         self.__init__(state["max_entries"])
 
 
+_NO_STAMP = (None, None, None, None)  # an absent bias in a layer's stamp
+
+
+def _stamp(t: Tensor) -> tuple:
+    """What a memo entry remembers of a source: ``(tensor, counter, version, data_ptr)``.
+
+    A watched parameter (see :func:`freeze`) is read through ``counter``, a plain detached
+    alias that shares its version counter: reading ``_version`` or ``data_ptr()`` of a
+    parameter subclass costs three times what it costs on a plain tensor, on every layer of
+    every call. Its storage cannot change without a version bump (its ``.data`` setter bumps
+    it), so ``data_ptr`` is ``None``; ``torch.utils.swap_tensors`` changes its class. Any other
+    tensor is its own counter and its data pointer is checked.
+    """
+    if type(t) is _WatchedParameter:
+        alias = t.detach()
+        return (t, alias, alias._version, None)
+    return (t, t, t._version, t.data_ptr())
+
+
+def _detached(value: T) -> T:
+    """``value`` with its tensors detached: a memoized view of a parameter must not count as a
+    reference to it, or ``torch.utils.swap_tensors`` (``load_state_dict`` and ``.to()`` under
+    torch's swap flag) refuses to replace the parameter."""
+    if isinstance(value, Tensor):
+        return value.detach()  # type: ignore[return-value]
+    if isinstance(value, tuple):
+        return tuple(_detached(v) for v in value)  # type: ignore[return-value]
+    return value
+
+
 def _unchanged(stamp: tuple, sources: tuple[Tensor, ...]) -> bool:
     # The memo holds each source, so no other tensor can take its address meanwhile.
-    if len(stamp) != 3 * len(sources):
+    if len(stamp) != 4 * len(sources):
         return False
     for i, s in enumerate(sources):
-        if (
-            s is not stamp[3 * i]
-            or s._version != stamp[3 * i + 1]
-            or s.data_ptr() != stamp[3 * i + 2]
-        ):
+        t, counter, version, ptr = stamp[4 * i : 4 * i + 4]
+        if s is not t or counter._version != version:
+            return False
+        if ptr is None:  # a watched parameter: still watched (not swapped for another tensor)
+            if type(s) is not _WatchedParameter:
+                return False
+        elif s.data_ptr() != ptr:
             return False
     return True
 
@@ -138,7 +175,8 @@ def owned_copy(t: Tensor, requires_grad: bool) -> nn.Parameter:
 
 # ---- freezing ----------------------------------------------------------------------------------
 class _WatchedParameter(nn.Parameter):
-    """A parameter of a frozen model: reading ``.data`` counts as a write (bumps the version)."""
+    """A parameter of a frozen model: reading or setting ``.data`` counts as a write (bumps
+    the version)."""
 
     @property
     def data(self) -> Tensor:  # type: ignore[override]
@@ -146,8 +184,9 @@ class _WatchedParameter(nn.Parameter):
         return _DATA.__get__(self)
 
     @data.setter
-    def data(self, value: Tensor) -> None:
+    def data(self, value: Tensor) -> None:  # new storage: memos of the old one are stale
         _DATA.__set__(self, value)
+        torch.autograd.graph.increment_version(self)
 
     def _plain(self) -> nn.Parameter:
         return nn.Parameter(_DATA.__get__(self), self.requires_grad)
@@ -203,10 +242,12 @@ def freeze(model: nn.Module) -> Frozen:
 
     For serving and latency measurement: with gradients off, a width's contiguous weight
     slices are computed once and reused while the weights stay the same tensors at the same
-    version (an optimizer step, ``load_state_dict``, ``.to()``, an in-place op, ``.data =`` and
-    any read of ``.data`` all refresh them). Use it plainly (``freeze(model)``, later
-    ``.thaw()``) or as ``with slimmable.freeze(model): ...``. A write that bypasses torch
-    entirely (through a NumPy view of a weight) is the one change a frozen model cannot see.
+    version (an optimizer step, ``load_state_dict``, ``.to()``, an in-place op, ``.data =``, any
+    read of ``.data``, ``torch.utils.swap_tensors`` and removing a bias all refresh them). A
+    parameter assigned after freezing is not memoized (it is sliced on every call) until the
+    model is frozen again. Use it plainly (``freeze(model)``, later ``.thaw()``) or as
+    ``with slimmable.freeze(model): ...``. A write that bypasses torch entirely (through a NumPy
+    view of a weight) is the one change a frozen model cannot see.
     """
     layers = [m for m in _memo_layers(model) if m._memo is None]
     watched = []
