@@ -23,6 +23,7 @@ from .width_policy import WidthPolicy
 
 _SLICES = "_slimmable_slices"
 _ORIGINAL = "_slimmable_original_class"
+_ABSENT = object()  # not a parameter: a buffer
 
 
 @dataclass(frozen=True)
@@ -64,17 +65,23 @@ class SliceSpec:
 
 def _attribute(name: str) -> property:
     def get(self: nn.Module):
-        spec = self.__dict__[_SLICES][name]
+        state = self.__dict__
+        spec, memo = state[_SLICES][name], state["_memo"]
+        if memo is not None and torch.is_grad_enabled():
+            memo = None  # the memo serves a frozen model with gradients off only (see freeze)
         if spec.kind == "tensor":
-            raw = self._parameters[name] if name in self._parameters else self._buffers[name]
+            raw = self._parameters.get(name, _ABSENT)
+            if raw is _ABSENT:
+                raw = self._buffers[name]
             if raw is None:
                 return None
-            memo = self.__dict__["_memo"]
-            if memo is not None and not torch.is_grad_enabled():  # frozen: see slimmable.freeze
-                return memo.get((name, spec.state()), (raw,), spec.apply, raw)
+            if memo is not None:
+                return memo.get_one((name, spec.state()), raw, spec.apply, raw)
             return spec.apply(raw)
-        memo = self.__dict__["_memo"]
-        n = memo.get((name, spec.state()), (), spec.count) if memo is not None else spec.count()
+        if memo is not None:
+            n = memo.get_one((name, spec.state()), None, spec.count)
+        else:
+            n = spec.count()
         return (n,) if spec.kind == "shape" else n
 
     def set_(self: nn.Module, value) -> None:  # only plain values reach here (see nn.Module)
@@ -187,7 +194,7 @@ class SlicedConv2d(WidthMixin):
         memo = self.__dict__.get("_memo")
         if memo is not None and not torch.is_grad_enabled():  # frozen: see slimmable.freeze
             key = (out, n, None if index is None else id(index))
-            return memo.get(key, (w,), self._slice, w, out, in_per_group, index)
+            return memo.get_one(key, w, self._slice, w, out, in_per_group, index)
         return self._slice(w, out, in_per_group, index)
 
     def _slice(self, w: Tensor, out: int, in_per_group: int, index: Tensor | None) -> Tensor:

@@ -33,21 +33,49 @@ _ABSENT = object()  # a parameter that is not in a module's _parameters
 
 class SliceMemo:
     """A small LRU of tensors derived from source tensors, each valid while its sources are
-    the same objects at the same storage and version (see :func:`_stamp`)."""
+    the same objects at the same storage and version (see :func:`_stamp`).
+
+    One memo serves one module, through one of its lookups: :meth:`get` (any number of
+    sources), :meth:`get_one` or :meth:`layer_slices` (their stamps differ in shape)."""
 
     def __init__(self, max_entries: int = 8) -> None:
         self.max_entries = max_entries
-        # key -> (stamp, value); a stamp is _stamp(t) for each source, flat.
+        # key -> (stamp, value); a stamp holds _stamp(t) for each source.
         self._entries: OrderedDict[Hashable, tuple[tuple, object]] = OrderedDict()
 
     def get(
         self, key: Hashable, sources: tuple[Tensor, ...], build: Callable[..., T], *args: object
     ) -> T:
         """The value memoized for ``key`` if its sources are unchanged, else ``build(*args)``."""
-        hit = self._entries.get(key)
+        entries = self._entries
+        hit = entries.get(key)
         if hit is not None and _unchanged(hit[0], sources):
-            return self._reuse(key, hit[1])
+            if len(entries) > 1:
+                entries.move_to_end(key)
+            return hit[1]
         return self._store(key, sources, build(*args))
+
+    def get_one(self, key: Hashable, source: Tensor | None, build: Callable[..., T], *args) -> T:
+        """:meth:`get` for at most one source (``None``: none), with the check written out:
+        the attributes of sliced user modules (see :mod:`.sliced`) read it on every access."""
+        entries = self._entries
+        hit = entries.get(key)
+        if hit is not None:
+            t, counter, version, ptr = hit[0]
+            if t is source and (
+                source is None
+                or (
+                    counter._version == version
+                    and (type(t) is _WatchedParameter if ptr is None else t.data_ptr() == ptr)
+                )
+            ):
+                if len(entries) > 1:
+                    entries.move_to_end(key)
+                return hit[1]
+        value = _detached(build(*args))
+        entries[key] = (_NO_STAMP if source is None else _stamp(source), value)
+        self._trim()
+        return value
 
     def layer_slices(
         self,
@@ -74,29 +102,27 @@ class SliceMemo:
             return build(in_channels)
         layout = layer.input_layout
         key = (width, in_channels, None if layout is None else layout.counts())
-        hit = self._entries.get(key)
+        entries = self._entries
+        hit = entries.get(key)
         if hit is not None:
-            stamp = hit[0]  # (weight, alias, version, None) + the same for the bias, or None
+            w, b = hit[0]  # (tensor, alias, version, None) of the weight and of the bias
             if (
-                stamp[0] is weight
-                and stamp[1]._version == stamp[2]
-                and stamp[4] is bias
-                and (bias is None or stamp[5]._version == stamp[6])
+                w[0] is weight
+                and w[1]._version == w[2]
+                and b[0] is bias
+                and (bias is None or b[1]._version == b[2])
             ):
-                return self._reuse(key, hit[1])
+                if len(entries) > 1:
+                    entries.move_to_end(key)
+                return hit[1]
         value = _detached(build(in_channels))
-        self._entries[key] = (_stamp(weight) + (_NO_STAMP if bias is None else _stamp(bias)), value)
+        entries[key] = ((_stamp(weight), _NO_STAMP if bias is None else _stamp(bias)), value)
         self._trim()
-        return value
-
-    def _reuse(self, key: Hashable, value: T) -> T:
-        if len(self._entries) > 1:
-            self._entries.move_to_end(key)
         return value
 
     def _store(self, key: Hashable, sources: tuple[Tensor, ...], value: T) -> T:
         value = _detached(value)
-        self._entries[key] = (tuple(x for t in sources for x in _stamp(t)), value)
+        self._entries[key] = (tuple(_stamp(t) for t in sources), value)
         self._trim()
         return value
 
@@ -153,10 +179,9 @@ def _detached(value: T) -> T:
 
 def _unchanged(stamp: tuple, sources: tuple[Tensor, ...]) -> bool:
     # The memo holds each source, so no other tensor can take its address meanwhile.
-    if len(stamp) != 4 * len(sources):
+    if len(stamp) != len(sources):
         return False
-    for i, s in enumerate(sources):
-        t, counter, version, ptr = stamp[4 * i : 4 * i + 4]
+    for s, (t, counter, version, ptr) in zip(sources, stamp, strict=True):
         if s is not t or counter._version != version:
             return False
         if ptr is None:  # a watched parameter: still watched (not swapped for another tensor)
