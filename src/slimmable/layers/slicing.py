@@ -157,8 +157,8 @@ def _stamp(t: Tensor) -> tuple:
     alias that shares its version counter: reading ``_version`` or ``data_ptr()`` of a
     parameter subclass costs three times what it costs on a plain tensor, on every layer of
     every call. Its storage cannot change without a version bump (its ``.data`` setter bumps
-    it), so ``data_ptr`` is ``None``; ``torch.utils.swap_tensors`` changes its class. Any other
-    tensor is its own counter and its data pointer is checked.
+    it), so ``data_ptr`` is ``None``; ``torch.utils.swap_tensors`` with any other tensor changes
+    its class. Any other tensor is its own counter and its data pointer is checked.
     """
     if type(t) is _WatchedParameter:
         alias = t.detach()
@@ -270,9 +270,10 @@ def freeze(model: nn.Module) -> Frozen:
     version (an optimizer step, ``load_state_dict``, ``.to()``, an in-place op, ``.data =``, any
     read of ``.data``, ``torch.utils.swap_tensors`` and removing a bias all refresh them). A
     parameter assigned after freezing is not memoized (it is sliced on every call) until the
-    model is frozen again. Use it plainly (``freeze(model)``, later ``.thaw()``) or as
-    ``with slimmable.freeze(model): ...``. A write that bypasses torch entirely (through a NumPy
-    view of a weight) is the one change a frozen model cannot see.
+    model is thawed and frozen again. Use it plainly (``freeze(model)``, later ``.thaw()``) or
+    as ``with slimmable.freeze(model): ...``. Two changes a frozen model cannot see: a write
+    that bypasses torch entirely (through a NumPy view of a weight), and
+    ``torch.utils.swap_tensors`` between two parameters of the frozen model itself.
     """
     layers = [m for m in _memo_layers(model) if m._memo is None]
     watched = []
