@@ -441,6 +441,43 @@ def test_layers_compute_with_their_current_weights_however_they_change(kind, cha
     assert not torch.equal(got, before)
 
 
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("kind", ["conv", "linear", "layernorm", "us_bn"])
+def test_layers_made_under_inference_mode_run_and_see_every_write(kind, frozen):
+    """Inference tensors have no version counter: nothing derived from them is memoized (a
+    model built under ``torch.inference_mode`` crashed in eval, and a write inside inference
+    mode could not be seen)."""
+    with torch.inference_mode():
+        if kind == "us_bn":
+            layer = USBatchNorm2d(16, uncalibrated="running").eval()
+            layer.running_var.uniform_(0.5, 2.0)
+            x = torch.randn(2, 8, 3, 3)
+        else:
+            layer = {
+                "conv": lambda: USConv2d(16, 16, 3, padding=1, width_range=(0.25, 1.0)),
+                "linear": lambda: USLinear(16, 16, width_range=(0.25, 1.0), fixed_out=False),
+                "layernorm": lambda: SlimmableLayerNorm(16),
+            }[kind]().eval()
+            x = {"conv": torch.randn(1, 8, 5, 5), "linear": torch.randn(2, 8)}.get(
+                kind, torch.randn(2, 3, 8)
+            )
+        layer.weight.normal_()
+    assert layer.weight.is_inference()
+    layer.width = 0.5
+    with freeze(layer) if frozen else contextlib.nullcontext(), torch.inference_mode():
+        before = layer(x)
+        layer.bias.add_(1.0)  # no version counter records this
+        got = layer(x)
+        if kind == "us_bn":
+            mean, var = layer.running_mean[:8], layer.running_var[:8]
+            w, b = layer.weight[:8], layer.bias[:8]
+            expected = F.batch_norm(x, mean, var, w, b, False, 0.0, layer.eps)
+        else:
+            expected = _dense(kind, layer, x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert not torch.equal(got, before)
+
+
 MECHANISMS = [
     (kind, mechanism)
     for kind in ("conv", "linear", "us_bn")

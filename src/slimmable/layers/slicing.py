@@ -73,8 +73,10 @@ class SliceMemo:
                     entries.move_to_end(key)
                 return hit[1]
         value = _detached(build(*args))
-        entries[key] = (_NO_STAMP if source is None else _stamp(source), value)
-        self._trim()
+        stamp = _NO_STAMP if source is None else _stamp(source)
+        if stamp is not None:
+            entries[key] = (stamp, value)
+            self._trim()
         return value
 
     def layer_slices(
@@ -116,14 +118,18 @@ class SliceMemo:
                     entries.move_to_end(key)
                 return hit[1]
         value = _detached(build(in_channels))
-        entries[key] = ((_stamp(weight), _NO_STAMP if bias is None else _stamp(bias)), value)
-        self._trim()
+        stamps = (_stamp(weight), _NO_STAMP if bias is None else _stamp(bias))
+        if stamps[0] is not None and stamps[1] is not None:
+            entries[key] = (stamps, value)
+            self._trim()
         return value
 
     def _store(self, key: Hashable, sources: tuple[Tensor, ...], value: T) -> T:
         value = _detached(value)
-        self._entries[key] = (tuple(_stamp(t) for t in sources), value)
-        self._trim()
+        stamps = tuple(_stamp(t) for t in sources)
+        if all(s is not None for s in stamps):
+            self._entries[key] = (stamps, value)
+            self._trim()
         return value
 
     def _trim(self) -> None:
@@ -150,8 +156,10 @@ class SliceMemo:
 _NO_STAMP = (None, None, None, None)  # an absent bias in a layer's stamp
 
 
-def _stamp(t: Tensor) -> tuple:
-    """What a memo entry remembers of a source: ``(tensor, counter, version, data_ptr)``.
+def _stamp(t: Tensor) -> tuple | None:
+    """What a memo entry remembers of a source: ``(tensor, counter, version, data_ptr)``, or
+    ``None`` for an inference tensor (made under ``torch.inference_mode``), which has no
+    version counter: writes to it cannot be seen, so nothing derived from it is memoized.
 
     A watched parameter (see :func:`freeze`) is read through ``counter``, a plain detached
     alias that shares its version counter: reading ``_version`` or ``data_ptr()`` of a
@@ -160,6 +168,8 @@ def _stamp(t: Tensor) -> tuple:
     it), so ``data_ptr`` is ``None``; ``torch.utils.swap_tensors`` with any other tensor changes
     its class. Any other tensor is its own counter and its data pointer is checked.
     """
+    if t.is_inference():
+        return None
     if type(t) is _WatchedParameter:
         alias = t.detach()
         return (t, alias, alias._version, None)
