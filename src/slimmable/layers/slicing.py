@@ -280,7 +280,8 @@ def freeze(model: nn.Module) -> Frozen:
     version (an optimizer step, ``load_state_dict``, ``.to()``, an in-place op, ``.data =``, any
     read of ``.data``, ``torch.utils.swap_tensors`` and removing a bias all refresh them). A
     parameter assigned after freezing is not memoized (it is sliced on every call) until the
-    model is thawed and frozen again. Use it plainly (``freeze(model)``, later ``.thaw()``) or
+    model is thawed and frozen again, and neither is an inference tensor (a model built under
+    ``torch.inference_mode``: no version counter). Use it plainly (``freeze(model)``, later ``.thaw()``) or
     as ``with slimmable.freeze(model): ...``. Two changes a frozen model cannot see: a write
     that bypasses torch entirely (through a NumPy view of a weight), and
     ``torch.utils.swap_tensors`` between two parameters of the frozen model itself.
