@@ -281,9 +281,9 @@ def freeze(model: nn.Module) -> Frozen:
     read of ``.data``, ``torch.utils.swap_tensors`` and removing a bias all refresh them). A
     parameter assigned after freezing is not memoized (it is sliced on every call) until the
     model is thawed and frozen again, and neither is an inference tensor (a model built under
-    ``torch.inference_mode``: no version counter). Use it plainly (``freeze(model)``, later ``.thaw()``) or
-    as ``with slimmable.freeze(model): ...``. Two changes a frozen model cannot see: a write
-    that bypasses torch entirely (through a NumPy view of a weight), and
+    ``torch.inference_mode``: no version counter). Use it plainly (``freeze(model)``, later
+    ``.thaw()``) or as ``with slimmable.freeze(model): ...``. Two changes a frozen model cannot
+    see: a write that bypasses torch entirely (through a NumPy view of a weight), and
     ``torch.utils.swap_tensors`` between two parameters of the frozen model itself.
     """
     layers = [m for m in _memo_layers(model) if m._memo is None]
