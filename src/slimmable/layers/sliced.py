@@ -19,11 +19,11 @@ from torch import Tensor, nn
 
 from .base import WidthMixin
 from .layout import ChannelLayout, ChannelSegment, gather
+from .slicing import _ABSENT
 from .width_policy import WidthPolicy
 
 _SLICES = "_slimmable_slices"
 _ORIGINAL = "_slimmable_original_class"
-_ABSENT = object()  # not a parameter: a buffer
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,8 @@ class SliceMemo:
             if len(entries) > 1:
                 entries.move_to_end(key)
             return hit[1]
-        return self._store(key, sources, build(*args))
+        stamps = tuple(_stamp(t) for t in sources)
+        return self._store(key, stamps if None not in stamps else None, build(*args))
 
     def get_one(self, key: Hashable, source: Tensor | None, build: Callable[..., T], *args) -> T:
         """:meth:`get` for at most one source (``None``: none), with the check written out:
@@ -72,12 +73,7 @@ class SliceMemo:
                 if len(entries) > 1:
                     entries.move_to_end(key)
                 return hit[1]
-        value = _detached(build(*args))
-        stamp = _NO_STAMP if source is None else _stamp(source)
-        if stamp is not None:
-            entries[key] = (stamp, value)
-            self._trim()
-        return value
+        return self._store(key, _NO_STAMP if source is None else _stamp(source), build(*args))
 
     def layer_slices(
         self,
@@ -117,24 +113,19 @@ class SliceMemo:
                 if len(entries) > 1:
                     entries.move_to_end(key)
                 return hit[1]
-        value = _detached(build(in_channels))
-        stamps = (_stamp(weight), _NO_STAMP if bias is None else _stamp(bias))
-        if stamps[0] is not None and stamps[1] is not None:
-            entries[key] = (stamps, value)
-            self._trim()
-        return value
+        w, b = _stamp(weight), _NO_STAMP if bias is None else _stamp(bias)
+        return self._store(key, None if w is None or b is None else (w, b), build(in_channels))
 
-    def _store(self, key: Hashable, sources: tuple[Tensor, ...], value: T) -> T:
+    def _store(self, key: Hashable, stamp: tuple | None, value: T) -> T:
+        """Remember ``value`` (detached) under ``key``, unless a source could not be stamped
+        (``stamp`` is ``None``: an inference tensor); the value is returned either way."""
         value = _detached(value)
-        stamps = tuple(_stamp(t) for t in sources)
-        if all(s is not None for s in stamps):
-            self._entries[key] = (stamps, value)
-            self._trim()
+        if stamp is not None:
+            entries = self._entries
+            entries[key] = (stamp, value)
+            while len(entries) > self.max_entries:
+                entries.popitem(last=False)
         return value
-
-    def _trim(self) -> None:
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
 
     def clear(self) -> None:
         self._entries.clear()
